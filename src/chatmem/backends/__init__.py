@@ -1,0 +1,1 @@
+"""Storage backends, one module per system; see chatmem.registry."""

@@ -1,0 +1,646 @@
+"""SQLiteMemory: the embedded, persistent default.
+
+Reference card
+--------------
+URL        ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
+           ``sqlite://:memory:`` (private, gone on close)
+Options    ``durability`` ``"normal"`` (default) or ``"full"``;
+           ``timeout`` seconds a write waits for the file lock (default 60);
+           and every option of :func:`chatmem.open`.
+Durability WAL journal. With ``"normal"`` (synchronous=NORMAL) an
+           acknowledged write survives the process being killed, but a power
+           cut or OS crash may lose the last transactions. ``"full"``
+           (synchronous=FULL) syncs the WAL on every commit and survives
+           power loss; it costs one fsync per write. The default is
+           ``"normal"`` because chat turns are mostly lost to crashed
+           processes, not to crashed machines, and a sync per turn caps a
+           busy bot at the disk's sync rate.
+Ordering   Ids are ``AUTOINCREMENT`` row ids: a session's history is in
+           acceptance order, and ids are never reused after a delete.
+Sharing    Safe for many threads (one connection per thread) and many
+           processes on one file. Writers queue on the file lock with a busy
+           timeout and a retry loop, so contention shows as latency, never
+           as a "database is locked" error.
+Indexes    ``(ns, session, seq)`` for history and cursors, ``(ns, user_id,
+           created_at, seq)`` and ``(ns, created_at, seq)`` for queries: every
+           read costs O(log n + result).
+Budget     ``used_bytes`` counts content, metadata and ids plus
+           :attr:`message_overhead` per message, kept per session in the
+           ``sessions`` table in the same transaction as each write.
+LRU        Reads mark a session used in process; the mark reaches the file
+           with the next write of that handle, so ``evict-lru-session`` across
+           processes sees reads a little late.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from chatmem.base import BaseChatMessageMemory
+from chatmem.errors import (
+    BackendUnavailable,
+    CapacityExceeded,
+    InvalidMessage,
+    MessageNotFound,
+)
+from chatmem.message import (
+    ROLE_CODES,
+    ROLES,
+    Message,
+    Prepared,
+    from_micros,
+    load_metadata,
+    to_micros,
+)
+
+__all__ = ["SQLiteMemory"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS messages ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " ns TEXT NOT NULL,"
+    " session TEXT NOT NULL,"
+    " user_id TEXT,"
+    " role INTEGER NOT NULL,"
+    " created_at INTEGER NOT NULL,"
+    " size INTEGER NOT NULL,"
+    " content TEXT NOT NULL,"
+    " metadata TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS messages_by_session ON messages (ns, session, seq)",
+    "CREATE INDEX IF NOT EXISTS messages_by_user"
+    " ON messages (ns, user_id, created_at, seq) WHERE user_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS messages_by_time ON messages (ns, created_at, seq)",
+    # One row per live session: counts for count() and the budget, and the
+    # last use for evict-lru-session.
+    "CREATE TABLE IF NOT EXISTS sessions ("
+    " ns TEXT NOT NULL,"
+    " session TEXT NOT NULL,"
+    " messages INTEGER NOT NULL,"
+    " bytes INTEGER NOT NULL,"
+    " last_used INTEGER NOT NULL,"
+    " PRIMARY KEY (ns, session)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS sessions_by_use ON sessions (ns, last_used)",
+    "CREATE TABLE IF NOT EXISTS meta ("
+    " key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+)
+
+COLUMNS = "seq, session, user_id, role, created_at, content, metadata"
+
+INSERT = (
+    "INSERT INTO messages"
+    " (ns, session, user_id, role, created_at, size, content, metadata)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+ADD_TO_SESSION = (
+    "INSERT INTO sessions (ns, session, messages, bytes, last_used)"
+    " VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (ns, session) DO UPDATE SET"
+    " messages = messages + excluded.messages,"
+    " bytes = bytes + excluded.bytes,"
+    " last_used = excluded.last_used"
+)
+
+TAKE_FROM_SESSION = (
+    "UPDATE sessions SET messages = messages - ?, bytes = bytes - ?"
+    " WHERE ns = ? AND session = ?"
+)
+
+DROP_EMPTY_SESSIONS = "DELETE FROM sessions WHERE ns = ? AND messages <= 0"
+
+DURABILITY = {"normal": "NORMAL", "full": "FULL"}
+
+# Evictions and purges read victims in chunks of this many rows.
+VICTIM_CHUNK = 512
+
+
+class SQLiteMemory(BaseChatMessageMemory):
+    """Chat memory in one SQLite file; see the module's reference card.
+
+    >>> from chatmem.backends.sqlite import SQLiteMemory
+    >>> with SQLiteMemory(":memory:") as memory:
+    ...     memory.add("s1", "user", "hello").id
+    '1'
+    """
+
+    message_overhead = 128
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "chatmem.db",
+        *,
+        durability: str = "normal",
+        timeout: float = 60.0,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        if durability not in DURABILITY:
+            raise InvalidMessage(
+                f"Unknown durability {durability!r}; use 'normal' or 'full'."
+            )
+        self.path = str(path)
+        self.durability = durability
+        self.timeout = float(timeout)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._touched: dict[str, int] = {}
+        self._shared: sqlite3.Connection | None = None
+        self._shared_lock = threading.RLock()
+
+        # A private in-memory database exists per connection, so every
+        # thread must share the one connection.
+        if self.path == ":memory:":
+            self._shared = self._connect()
+        self._create_schema()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SQLiteMemory:
+        """Open the file named by a ``sqlite://`` URL."""
+        return cls(path_from_url(url), **options)
+
+    # -- connections -----------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            parent = Path(self.path).parent
+            if not parent.is_dir():
+                raise BackendUnavailable(
+                    f"Cannot open the SQLite file {self.path!r}: the folder "
+                    f"{str(parent)!r} does not exist."
+                )
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=256,
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={DURABILITY[self.durability]}")
+            conn.execute("PRAGMA foreign_keys=OFF")
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(
+                f"Cannot open the SQLite file {self.path!r}: {exc}."
+            ) from exc
+        with self._connections_lock:
+            self._connections.append(conn)
+        return conn
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._shared is not None:
+            return self._shared
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            self._check_open()
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def _create_schema(self) -> None:
+        with self._transaction() as conn:
+            for statement in SCHEMA:
+                conn.execute(statement)
+            row = conn.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'"
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise BackendUnavailable(
+                    f"{self.path!r} was written by a newer chatmem (schema "
+                    f"{row[0]}); upgrade chatmem to open it."
+                )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        if self._shared is not None:
+            with self._shared_lock:
+                yield from self._write_transaction(self._shared)
+        else:
+            yield from self._write_transaction(self._conn)
+
+    def _write_transaction(
+        self, conn: sqlite3.Connection
+    ) -> Iterator[sqlite3.Connection]:
+        self._begin(conn)
+        try:
+            self._flush_touches(conn)
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise BackendUnavailable(
+                f"SQLite could not commit to {self.path!r}: {exc}."
+            ) from exc
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        # The busy timeout covers most waits; the loop covers the busy
+        # errors SQLite returns at once to avoid deadlock, and a deadline
+        # keeps a stuck writer from hanging the caller forever.
+        deadline = time.monotonic() + self.timeout
+        delay = 0.001
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise BackendUnavailable(
+                        f"SQLite could not start a write on {self.path!r} "
+                        f"within {self.timeout:g} s: {exc}."
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            if self._shared is not None:
+                with self._shared_lock:
+                    return self._shared.execute(sql, params).fetchall()
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise BackendUnavailable(f"SQLite read failed: {exc}.") from exc
+
+    def _close(self) -> None:
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
+        self._shared = None
+
+    def _describe(self) -> str:
+        return f"path={self.path!r} namespace={self.namespace!r}"
+
+    # -- writing ---------------------------------------------------------
+
+    def _insert(self, prepared: Sequence[Prepared]) -> list[Message]:
+        conn = self._conn
+        ns = self.namespace
+        overhead = self.message_overhead
+        now = time.time_ns() // 1000
+        stored = []
+        per_session: dict[str, list[int]] = {}
+        for item in prepared:
+            message = item.message
+            assert message.created_at is not None
+            charged = item.size + overhead
+            cursor = conn.execute(
+                INSERT,
+                (
+                    ns,
+                    message.session_id,
+                    message.user_id,
+                    ROLE_CODES[message.role],
+                    to_micros(message.created_at),
+                    charged,
+                    message.content,
+                    item.metadata_json,
+                ),
+            )
+            stored.append(_with_id(message, str(cursor.lastrowid)))
+            totals = per_session.setdefault(message.session_id, [0, 0])
+            totals[0] += 1
+            totals[1] += charged
+        conn.executemany(
+            ADD_TO_SESSION,
+            [(ns, s, n, b, now) for s, (n, b) in per_session.items()],
+        )
+        return stored
+
+    def _flush_touches(self, conn: sqlite3.Connection) -> None:
+        if not self._touched:
+            return
+        touched, self._touched = self._touched, {}
+        conn.executemany(
+            "UPDATE sessions SET last_used = max(last_used, ?)"
+            " WHERE ns = ? AND session = ?",
+            [(when, self.namespace, s) for s, when in touched.items()],
+        )
+
+    def _touch(self, session_id: str) -> None:
+        if self.policy == "evict-lru-session":
+            self._touched[session_id] = time.time_ns() // 1000
+
+    def _used_bytes(self) -> int:
+        row = self._read("SELECT total(bytes) FROM sessions")
+        return int(row[0][0])
+
+    def _evict(self, nbytes: int) -> None:
+        conn = self._conn
+        freed = 0
+        by_session = self.policy == "evict-lru-session"
+        while freed < nbytes:
+            if by_session:
+                victims = conn.execute(
+                    "SELECT session, bytes FROM sessions WHERE ns = ?"
+                    " ORDER BY last_used, session LIMIT 64",
+                    (self.namespace,),
+                ).fetchall()
+                for session, size in victims:
+                    self._remove_where(conn, "session = ?", (session,))
+                    freed += size
+                    if freed >= nbytes:
+                        break
+            else:
+                victims = conn.execute(
+                    "SELECT seq, session, size FROM messages WHERE ns = ?"
+                    " ORDER BY seq LIMIT ?",
+                    (self.namespace, VICTIM_CHUNK),
+                ).fetchall()
+                chosen = []
+                for row in victims:
+                    chosen.append(row)
+                    freed += row[2]
+                    if freed >= nbytes:
+                        break
+                self._remove_rows(conn, chosen)
+            if not victims:
+                raise CapacityExceeded(
+                    "The budget is full and this namespace holds too little "
+                    "to evict; other namespaces' messages are never evicted. "
+                    "Raise capacity_bytes or delete messages."
+                )
+        log.warning("evicted %d bytes from namespace %r", freed, self.namespace)
+
+    def _purge(self, cutoff: int) -> None:
+        self._remove_where(self._conn, "created_at < ?", (cutoff,))
+
+    def _remove_where(
+        self, conn: sqlite3.Connection, where: str, params: tuple[Any, ...]
+    ) -> int:
+        removed = 0
+        while True:
+            rows = conn.execute(
+                "SELECT seq, session, size FROM messages"
+                f" WHERE ns = ? AND {where} LIMIT ?",
+                (self.namespace, *params, VICTIM_CHUNK),
+            ).fetchall()
+            if not rows:
+                return removed
+            self._remove_rows(conn, rows)
+            removed += len(rows)
+
+    def _remove_rows(
+        self, conn: sqlite3.Connection, rows: Sequence[tuple[int, str, int]]
+    ) -> None:
+        conn.executemany(
+            "DELETE FROM messages WHERE seq = ?", [(row[0],) for row in rows]
+        )
+        per_session: dict[str, list[int]] = {}
+        for _, session, size in rows:
+            totals = per_session.setdefault(session, [0, 0])
+            totals[0] += 1
+            totals[1] += size
+        conn.executemany(
+            TAKE_FROM_SESSION,
+            [(n, b, self.namespace, s) for s, (n, b) in per_session.items()],
+        )
+        conn.execute(DROP_EMPTY_SESSIONS, (self.namespace,))
+
+    def _delete(self, message_id: str) -> bool:
+        seq = _seq(message_id)
+        if seq is None:
+            return False
+        with self._transaction() as conn:
+            return self._remove_where(conn, "seq = ?", (seq,)) > 0
+
+    def _delete_session(self, session_id: str) -> int:
+        with self._transaction() as conn:
+            return self._remove_where(conn, "session = ?", (session_id,))
+
+    def _delete_user(self, user_id: str) -> int:
+        with self._transaction() as conn:
+            return self._remove_where(conn, "user_id = ?", (user_id,))
+
+    # -- reading ---------------------------------------------------------
+
+    def _get(self, message_id: str) -> Message | None:
+        seq = _seq(message_id)
+        if seq is None:
+            return None
+        rows = self._read(
+            f"SELECT {COLUMNS} FROM messages WHERE seq = ? AND ns = ?",
+            (seq, self.namespace),
+        )
+        if not rows:
+            return None
+        message = _to_message(rows[0])
+        self._touch(message.session_id)
+        return message
+
+    def _history(
+        self,
+        session_id: str,
+        before: str | None,
+        after: str | None,
+        count: int | None,
+        newest: bool,
+    ) -> list[Message]:
+        where = ["ns = ?", "session = ?"]
+        params: list[Any] = [self.namespace, session_id]
+        for cursor, op in ((before, "<"), (after, ">")):
+            if cursor is not None:
+                where.append(f"seq {op} ?")
+                params.append(self._cursor_seq(session_id, cursor))
+        cutoff = self._cutoff()
+        if cutoff is not None:
+            where.append("created_at >= ?")
+            params.append(cutoff)
+
+        order = "DESC" if newest else "ASC"
+        sql = (
+            f"SELECT {COLUMNS} FROM messages WHERE {' AND '.join(where)}"
+            f" ORDER BY seq {order}"
+        )
+        if count is not None:
+            sql += " LIMIT ?"
+            params.append(count)
+        rows = self._read(sql, params)
+        if newest:
+            rows.reverse()
+        self._touch(session_id)
+        return [_to_message(row) for row in rows]
+
+    def _cursor_seq(self, session_id: str, cursor: str) -> int:
+        seq = _seq(cursor)
+        if seq is not None:
+            rows = self._read(
+                "SELECT session FROM messages WHERE seq = ? AND ns = ?",
+                (seq, self.namespace),
+            )
+            if rows and rows[0][0] == session_id:
+                return seq
+        raise MessageNotFound(cursor)
+
+    def _query(
+        self,
+        session_id: str | None,
+        user_id: str | None,
+        start: datetime | None,
+        end: datetime | None,
+        role: str | None,
+        limit: int | None,
+    ) -> list[Message]:
+        where = ["ns = ?"]
+        params: list[Any] = [self.namespace]
+        if session_id is not None:
+            where.append("session = ?")
+            params.append(session_id)
+        if user_id is not None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        if role is not None:
+            where.append("role = ?")
+            params.append(ROLE_CODES[role])
+        if start is not None:
+            where.append("created_at >= ?")
+            params.append(to_micros(start))
+        if end is not None:
+            where.append("created_at < ?")
+            params.append(to_micros(end))
+
+        sql = (
+            f"SELECT {COLUMNS} FROM messages WHERE {' AND '.join(where)}"
+            " ORDER BY created_at, seq"
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_to_message(row) for row in self._read(sql, params)]
+
+    def _sessions(self, user_id: str | None) -> list[str]:
+        cutoff = self._cutoff()
+        if user_id is None and cutoff is None:
+            rows = self._read(
+                "SELECT session FROM sessions WHERE ns = ? ORDER BY session",
+                (self.namespace,),
+            )
+        else:
+            where, params = self._filters(None, user_id)
+            rows = self._read(
+                f"SELECT DISTINCT session FROM messages WHERE {where} ORDER BY session",
+                params,
+            )
+        return [row[0] for row in rows]
+
+    def _count(self, session_id: str | None, user_id: str | None) -> int:
+        if user_id is None and self._cutoff() is None:
+            sql = "SELECT total(messages) FROM sessions WHERE ns = ?"
+            params: list[Any] = [self.namespace]
+            if session_id is not None:
+                sql += " AND session = ?"
+                params.append(session_id)
+            return int(self._read(sql, params)[0][0])
+        where, params = self._filters(session_id, user_id)
+        return int(
+            self._read(f"SELECT count(*) FROM messages WHERE {where}", params)[0][0]
+        )
+
+    def _filters(
+        self, session_id: str | None, user_id: str | None
+    ) -> tuple[str, list[Any]]:
+        where = ["ns = ?"]
+        params: list[Any] = [self.namespace]
+        if session_id is not None:
+            where.append("session = ?")
+            params.append(session_id)
+        if user_id is not None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        cutoff = self._cutoff()
+        if cutoff is not None:
+            where.append("created_at >= ?")
+            params.append(cutoff)
+        return " AND ".join(where), params
+
+    def _usage(self) -> tuple[int, int, float]:
+        used, count = self._read("SELECT total(bytes), total(messages) FROM sessions")[
+            0
+        ]
+        pages = self._read("PRAGMA page_count")[0][0]
+        free = self._read("PRAGMA freelist_count")[0][0]
+        fragmentation = free / pages if pages else 0.0
+        return int(used), int(count), fragmentation
+
+
+def path_from_url(url: str) -> str:
+    """Return the file path of a ``sqlite://`` URL.
+
+    ``sqlite:///chat.db`` is relative to the working folder and
+    ``sqlite:////var/lib/chat.db`` absolute, as in SQLAlchemy's URLs.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise InvalidMessage(f"Not a sqlite:// URL: {parts.scheme}://...")
+    if parts.netloc == ":memory:" or parts.path in ("/:memory:", ""):
+        return ":memory:"
+    path = unquote(parts.path)
+    if parts.netloc:
+        raise InvalidMessage(
+            "A sqlite URL names a file, not a host: use sqlite:///relative.db "
+            "or sqlite:////absolute/path.db."
+        )
+    return path[1:]
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _seq(message_id: str) -> int | None:
+    if not message_id.isdigit() or not message_id.isascii():
+        return None
+    value = int(message_id)
+    return value if value < 1 << 63 else None
+
+
+def _with_id(message: Message, message_id: str) -> Message:
+    return Message(
+        id=message_id,
+        session_id=message.session_id,
+        role=message.role,
+        content=message.content,
+        user_id=message.user_id,
+        created_at=message.created_at,
+        metadata=message.metadata,
+    )
+
+
+def _to_message(row: tuple[Any, ...]) -> Message:
+    seq, session, user_id, role, created, content, metadata = row
+    return Message(
+        id=str(seq),
+        session_id=session,
+        role=ROLES[role],
+        content=content,
+        user_id=user_id,
+        created_at=from_micros(created),
+        metadata=load_metadata(metadata),
+    )

@@ -1,0 +1,59 @@
+"""The stores the conformance suite runs against, one entry per backend.
+
+A target opens fresh, empty stores for one test and can open the same store
+again (a second handle, or a reopen after close). Adding a backend to the
+whole suite is one entry in ``TARGETS``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import chatmem
+from chatmem import BaseChatMessageMemory
+
+
+@dataclass
+class Target:
+    """How to reach one fresh store of a backend."""
+
+    name: str
+    url: str
+    persistent: bool
+    options: dict[str, Any] = field(default_factory=dict)
+    opened: list[BaseChatMessageMemory] = field(default_factory=list)
+
+    def open(self, **options: Any) -> BaseChatMessageMemory:
+        """Open (another handle on) this target's store."""
+        store = chatmem.open(self.url, **{**self.options, **options})
+        self.opened.append(store)
+        return store
+
+    def close_all(self) -> None:
+        for store in self.opened:
+            store.close()
+
+
+def memory_target(request: pytest.FixtureRequest, tmp: Path) -> Target:
+    return Target("memory", "memory://", persistent=False)
+
+
+def sqlite_target(request: pytest.FixtureRequest, tmp: Path) -> Target:
+    return Target("sqlite", f"sqlite:///{tmp / 'chat.db'}", persistent=True)
+
+
+def unique(prefix: str) -> str:
+    """Return a name no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+TARGETS: dict[str, Callable[[pytest.FixtureRequest, Path], Target]] = {
+    "memory": memory_target,
+    "sqlite": sqlite_target,
+}
