@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -38,8 +37,7 @@ MAX_METADATA_DEPTH = 32
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Message:
+class Message(tuple[Any, ...]):
     """One turn of a conversation.
 
     Build it with keywords; ``session_id``, ``role`` and ``content`` are
@@ -52,24 +50,132 @@ class Message:
     True
     """
 
-    session_id: str
-    role: str
-    content: str
-    id: str | None = None
-    user_id: str | None = None
-    created_at: datetime | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
+    # A tuple underneath: stores build thousands of these per read, and a
+    # tuple is several times cheaper to make than a frozen dataclass. The
+    # time may be held as epoch microseconds and turned into a datetime
+    # only when read.
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        *,
+        session_id: str,
+        role: str,
+        content: str,
+        id: str | None = None,
+        user_id: str | None = None,
+        created_at: datetime | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Message:
+        fields = (
+            id,
+            session_id,
+            role,
+            content,
+            user_id,
+            created_at,
+            {} if metadata is None else metadata,
+        )
+        return tuple.__new__(cls, fields)
+
+    @property
+    def id(self) -> str | None:
+        """The id the store assigned, or None before storing."""
+        value: str | None = self[0]
+        return value
+
+    @property
+    def session_id(self) -> str:
+        """The conversation the message belongs to."""
+        value: str = self[1]
+        return value
+
+    @property
+    def role(self) -> str:
+        """``system``, ``user``, ``assistant`` or ``tool``."""
+        value: str = self[2]
+        return value
+
+    @property
+    def content(self) -> str:
+        """The text of the message."""
+        value: str = self[3]
+        return value
+
+    @property
+    def user_id(self) -> str | None:
+        """Who wrote it, when known."""
+        value: str | None = self[4]
+        return value
+
+    @property
+    def created_at(self) -> datetime | None:
+        """When it was written, in UTC; set by the store when not given."""
+        value = self[5]
+        if type(value) is int:
+            return _EPOCH + timedelta(microseconds=value)
+        result: datetime | None = value
+        return result
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """JSON values stored with the message (tool calls, names ...)."""
+        value: dict[str, Any] = self[6]
+        return value
+
+    def _key(self) -> tuple[Any, ...]:
+        return (*self[:5], self.created_at, self[6])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __ne__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self._key() != other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # metadata is a dict
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(id={self.id!r}, session_id={self.session_id!r}, "
+            f"role={self.role!r}, content={self.content!r}, "
+            f"user_id={self.user_id!r}, created_at={self.created_at!r}, "
+            f"metadata={self.metadata!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (tuple(self),))
+
+    def replace(self, **changes: Any) -> Message:
+        """Return a copy with the given fields changed."""
+        fields: dict[str, Any] = {
+            "id": self.id,
+            "session_id": self.session_id,
+            "role": self.role,
+            "content": self.content,
+            "user_id": self.user_id,
+            "created_at": self.created_at,
+            "metadata": self.metadata,
+        }
+        unknown = set(changes) - set(fields)
+        if unknown:
+            raise TypeError(f"Message has no field {sorted(unknown)[0]!r}.")
+        fields.update(changes)
+        return Message(**fields)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the message as plain JSON values (time in ISO 8601)."""
-        created = self.created_at.isoformat() if self.created_at else None
+        created = self.created_at
         return {
             "id": self.id,
             "session_id": self.session_id,
             "role": self.role,
             "content": self.content,
             "user_id": self.user_id,
-            "created_at": created,
+            "created_at": created.isoformat() if created else None,
             "metadata": self.metadata,
         }
 
@@ -99,6 +205,35 @@ class Message:
             ) from None
         except (TypeError, ValueError) as exc:
             raise InvalidMessage(f"A message field is malformed: {exc}.") from None
+
+
+def with_id(message: Message, message_id: str) -> Message:
+    """Return ``message`` with the id its store assigned."""
+    return tuple.__new__(Message, (message_id, *message[1:]))
+
+
+def _rebuild(fields: tuple[Any, ...]) -> Message:
+    return tuple.__new__(Message, fields)
+
+
+def stored(
+    message_id: str,
+    session_id: str,
+    role: str,
+    content: str,
+    user_id: str | None,
+    created_micros: int,
+    metadata: dict[str, Any],
+) -> Message:
+    """Build a message read back from storage, on the fast path.
+
+    Backends call this instead of ``Message(...)``: it skips keyword
+    handling and keeps the time as microseconds until it is read.
+    """
+    return tuple.__new__(
+        Message,
+        (message_id, session_id, role, content, user_id, created_micros, metadata),
+    )
 
 
 class Prepared(NamedTuple):
@@ -203,15 +338,7 @@ def prepare(message: Message, max_bytes: int, now: datetime) -> Prepared:
 
 
 def _replace_time(message: Message, created: datetime) -> Message:
-    return Message(
-        id=message.id,
-        session_id=message.session_id,
-        role=message.role,
-        content=message.content,
-        user_id=message.user_id,
-        created_at=created,
-        metadata=message.metadata,
-    )
+    return tuple.__new__(Message, (*message[:5], created, message[6]))
 
 
 def dump_metadata(metadata: object, max_bytes: int) -> str:

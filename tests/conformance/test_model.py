@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .targets import Target
+from .targets import Target, unique
 
 SESSIONS = st.sampled_from(["s1", "s2", "s:3", "s*{4}"])
 USERS = st.sampled_from([None, "u1", "u2"])
@@ -41,7 +41,8 @@ operations = st.lists(
 def test_backend_matches_list_model(
     target: Target, ops: list[tuple], last: int, start: int
 ) -> None:
-    memory = target.open(namespace=f"model-{id(ops)}")
+    # Every example gets a namespace of its own within the test's store.
+    memory = target.open(namespace=unique("model"))
     model: list[tuple[str, str, str, str, str | None, datetime]] = []
     try:
         for op in ops:

@@ -33,7 +33,7 @@ import struct
 import sys
 import threading
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -45,8 +45,8 @@ from chatmem.message import (
     ROLES,
     Message,
     Prepared,
-    from_micros,
     to_micros,
+    with_id,
 )
 
 __all__ = ["ArenaMemory"]
@@ -201,15 +201,7 @@ class ArenaMemory(BaseChatMessageMemory):
         self._index_time(seq, HEADER.unpack_from(record)[3])
         self._live += 1
         self._live_bytes += len(record)
-        return Message(
-            id=str(seq),
-            session_id=message.session_id,
-            role=message.role,
-            content=message.content,
-            user_id=message.user_id,
-            created_at=message.created_at,
-            metadata=message.metadata,
-        )
+        return with_id(message, str(seq))
 
     def _place(self, seq: int, record: bytearray) -> int:
         size = self._segment_size
@@ -286,24 +278,47 @@ class ArenaMemory(BaseChatMessageMemory):
         return length
 
     def _message(self, seq: int) -> Message:
-        buffer, offset = self._record(seq)
-        _, session, user, created, flags, length = HEADER.unpack_from(buffer, offset)
-        start = offset + HEADER.size
-        metadata: dict[str, Any] = {}
-        if flags & HAS_METADATA:
-            meta_length = META_LENGTH.unpack_from(buffer, start)[0]
-            start += 4
-            meta_start = start + length
-            metadata = json.loads(bytes(buffer[meta_start : meta_start + meta_length]))
-        return Message(
-            id=str(seq),
-            session_id=self._names[session],
-            role=ROLES[flags & ROLE_MASK],
-            content=buffer[start : start + length].decode(),
-            user_id=self._names[user] if user else None,
-            created_at=from_micros(created),
-            metadata=metadata,
-        )
+        return self._messages((seq,))[0]
+
+    def _messages(self, seqs: Iterable[int]) -> list[Message]:
+        # One loop with everything in locals: this is the whole cost of
+        # history(last=20), so no call per record but the unpacking.
+        unpack, header_size = HEADER.unpack_from, HEADER.size
+        addresses, segments, size = self._addresses, self._segments, self._segment_size
+        names, make = self._names, tuple.__new__
+        found = []
+        for seq in seqs:
+            address = addresses[seq]
+            if address == LARGE:
+                buffer: bytes | bytearray = self._large[seq]
+                offset = 0
+            else:
+                buffer = segments[(address - 1) // size]
+                offset = (address - 1) % size
+            _, session, user, created, flags, length = unpack(buffer, offset)
+            start = offset + header_size
+            metadata: dict[str, Any] = {}
+            if flags & HAS_METADATA:
+                meta_length = META_LENGTH.unpack_from(buffer, start)[0]
+                start += 4
+                meta = buffer[start + length : start + length + meta_length]
+                metadata = json.loads(bytes(meta))
+            content = str(buffer[start : start + length], "utf-8")
+            found.append(
+                make(
+                    Message,
+                    (
+                        str(seq),
+                        names[session],
+                        ROLES[flags & ROLE_MASK],
+                        content,
+                        names[user] if user else None,
+                        created,
+                        metadata,
+                    ),
+                )
+            )
+        return found
 
     def _live_seq(self, message_id: str) -> int | None:
         if not message_id.isdigit() or not message_id.isascii():
@@ -471,7 +486,7 @@ class ArenaMemory(BaseChatMessageMemory):
                 else:
                     high = low + count
             self._touch(session_id)
-            return [self._message(seq) for seq in seqs[low:high]]
+            return self._messages(seqs[low:high])
 
     def _cursor(self, seqs: array[int], message_id: str) -> int:
         seq = self._live_seq(message_id)
@@ -513,7 +528,7 @@ class ArenaMemory(BaseChatMessageMemory):
             found.sort()
             if limit is not None:
                 found = found[:limit]
-            return [self._message(seq) for _, seq in found]
+            return self._messages(seq for _, seq in found)
 
     def _group_candidates(
         self, session_id: str | None, user_id: str | None

@@ -25,8 +25,10 @@ Indexes    ``(ns, session, seq)`` for history and cursors, ``(ns, user_id,
            created_at, seq)`` and ``(ns, created_at, seq)`` for queries: every
            read costs O(log n + result).
 Budget     ``used_bytes`` counts content, metadata and ids plus
-           :attr:`message_overhead` per message, kept per session in the
-           ``sessions`` table in the same transaction as each write.
+           :attr:`message_overhead` per message. Once a store with a
+           capacity opens a file, triggers keep per-session totals in the
+           same transaction as every write; a file that never had a budget
+           skips that work, and its ``stats()`` scans the messages instead.
 LRU        Reads mark a session used in process; the mark reaches the file
            with the next write of that handle, so ``evict-lru-session`` across
            processes sees reads a little late.
@@ -34,6 +36,7 @@ LRU        Reads mark a session used in process; the mark reaches the file
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -58,9 +61,8 @@ from chatmem.message import (
     ROLES,
     Message,
     Prepared,
-    from_micros,
-    load_metadata,
     to_micros,
+    with_id,
 )
 
 __all__ = ["SQLiteMemory"]
@@ -84,8 +86,16 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS messages_by_user"
     " ON messages (ns, user_id, created_at, seq) WHERE user_id IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS messages_by_time ON messages (ns, created_at, seq)",
-    # One row per live session: counts for count() and the budget, and the
-    # last use for evict-lru-session.
+    "CREATE TABLE IF NOT EXISTS meta ("
+    " key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+)
+
+# Per-session counts for the budget, count() and evict-lru-session. They
+# are kept by triggers, installed the first time a store with a capacity
+# opens the file: every later handle, bounded or not, keeps them right,
+# and a store that never had a budget pays nothing for them on writes.
+# last_used is a logical clock: the store's sequence at the last use.
+ACCOUNTING = (
     "CREATE TABLE IF NOT EXISTS sessions ("
     " ns TEXT NOT NULL,"
     " session TEXT NOT NULL,"
@@ -94,8 +104,26 @@ SCHEMA = (
     " last_used INTEGER NOT NULL,"
     " PRIMARY KEY (ns, session)) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS sessions_by_use ON sessions (ns, last_used)",
-    "CREATE TABLE IF NOT EXISTS meta ("
-    " key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    "INSERT INTO sessions (ns, session, messages, bytes, last_used)"
+    " SELECT ns, session, count(*), sum(size), max(seq) FROM messages"
+    " GROUP BY ns, session",
+    "CREATE TRIGGER IF NOT EXISTS account_insert AFTER INSERT ON messages"
+    " BEGIN"
+    " INSERT INTO sessions (ns, session, messages, bytes, last_used)"
+    " VALUES (new.ns, new.session, 1, new.size, new.seq)"
+    " ON CONFLICT (ns, session) DO UPDATE SET"
+    " messages = messages + 1,"
+    " bytes = bytes + excluded.bytes,"
+    " last_used = excluded.last_used;"
+    " END",
+    "CREATE TRIGGER IF NOT EXISTS account_delete AFTER DELETE ON messages"
+    " BEGIN"
+    " UPDATE sessions SET messages = messages - 1, bytes = bytes - old.size"
+    " WHERE ns = old.ns AND session = old.session;"
+    " DELETE FROM sessions"
+    " WHERE ns = old.ns AND session = old.session AND messages <= 0;"
+    " END",
+    "INSERT INTO meta VALUES ('accounting', 'on')",
 )
 
 COLUMNS = "seq, session, user_id, role, created_at, content, metadata"
@@ -106,21 +134,11 @@ INSERT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
-ADD_TO_SESSION = (
-    "INSERT INTO sessions (ns, session, messages, bytes, last_used)"
-    " VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT (ns, session) DO UPDATE SET"
-    " messages = messages + excluded.messages,"
-    " bytes = bytes + excluded.bytes,"
-    " last_used = excluded.last_used"
-)
-
-TAKE_FROM_SESSION = (
-    "UPDATE sessions SET messages = messages - ?, bytes = bytes - ?"
+TOUCH = (
+    "UPDATE sessions SET last_used ="
+    " (SELECT seq FROM sqlite_sequence WHERE name = 'messages')"
     " WHERE ns = ? AND session = ?"
 )
-
-DROP_EMPTY_SESSIONS = "DELETE FROM sessions WHERE ns = ? AND messages <= 0"
 
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 
@@ -158,9 +176,10 @@ class SQLiteMemory(BaseChatMessageMemory):
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
-        self._touched: dict[str, int] = {}
+        self._touched: set[str] = set()
         self._shared: sqlite3.Connection | None = None
         self._shared_lock = threading.RLock()
+        self._accounting = False
 
         # A private in-memory database exists per connection, so every
         # thread must share the one connection.
@@ -230,6 +249,14 @@ class SQLiteMemory(BaseChatMessageMemory):
                     f"{self.path!r} was written by a newer chatmem (schema "
                     f"{row[0]}); upgrade chatmem to open it."
                 )
+            accounting = conn.execute(
+                "SELECT value FROM meta WHERE key = 'accounting'"
+            ).fetchone()
+            if accounting is None and self._budget.bounded:
+                for statement in ACCOUNTING:
+                    conn.execute(statement)
+                accounting = ("on",)
+            self._accounting = accounting is not None
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -303,13 +330,10 @@ class SQLiteMemory(BaseChatMessageMemory):
         conn = self._conn
         ns = self.namespace
         overhead = self.message_overhead
-        now = time.time_ns() // 1000
         stored = []
-        per_session: dict[str, list[int]] = {}
         for item in prepared:
             message = item.message
             assert message.created_at is not None
-            charged = item.size + overhead
             cursor = conn.execute(
                 INSERT,
                 (
@@ -318,37 +342,29 @@ class SQLiteMemory(BaseChatMessageMemory):
                     message.user_id,
                     ROLE_CODES[message.role],
                     to_micros(message.created_at),
-                    charged,
+                    item.size + overhead,
                     message.content,
                     item.metadata_json,
                 ),
             )
-            stored.append(_with_id(message, str(cursor.lastrowid)))
-            totals = per_session.setdefault(message.session_id, [0, 0])
-            totals[0] += 1
-            totals[1] += charged
-        conn.executemany(
-            ADD_TO_SESSION,
-            [(ns, s, n, b, now) for s, (n, b) in per_session.items()],
-        )
+            stored.append(with_id(message, str(cursor.lastrowid)))
         return stored
 
     def _flush_touches(self, conn: sqlite3.Connection) -> None:
         if not self._touched:
             return
-        touched, self._touched = self._touched, {}
-        conn.executemany(
-            "UPDATE sessions SET last_used = max(last_used, ?)"
-            " WHERE ns = ? AND session = ?",
-            [(when, self.namespace, s) for s, when in touched.items()],
-        )
+        touched, self._touched = self._touched, set()
+        conn.executemany(TOUCH, [(self.namespace, s) for s in touched])
 
     def _touch(self, session_id: str) -> None:
-        if self.policy == "evict-lru-session":
-            self._touched[session_id] = time.time_ns() // 1000
+        if self._accounting and self.policy == "evict-lru-session":
+            self._touched.add(session_id)
 
     def _used_bytes(self) -> int:
-        row = self._read("SELECT total(bytes) FROM sessions")
+        if self._accounting:
+            row = self._read("SELECT total(bytes) FROM sessions")
+        else:
+            row = self._read("SELECT total(size) FROM messages")
         return int(row[0][0])
 
     def _evict(self, nbytes: int) -> None:
@@ -412,16 +428,6 @@ class SQLiteMemory(BaseChatMessageMemory):
         conn.executemany(
             "DELETE FROM messages WHERE seq = ?", [(row[0],) for row in rows]
         )
-        per_session: dict[str, list[int]] = {}
-        for _, session, size in rows:
-            totals = per_session.setdefault(session, [0, 0])
-            totals[0] += 1
-            totals[1] += size
-        conn.executemany(
-            TAKE_FROM_SESSION,
-            [(n, b, self.namespace, s) for s, (n, b) in per_session.items()],
-        )
-        conn.execute(DROP_EMPTY_SESSIONS, (self.namespace,))
 
     def _delete(self, message_id: str) -> bool:
         seq = _seq(message_id)
@@ -450,7 +456,7 @@ class SQLiteMemory(BaseChatMessageMemory):
         )
         if not rows:
             return None
-        message = _to_message(rows[0])
+        message = _to_messages(rows)[0]
         self._touch(message.session_id)
         return message
 
@@ -485,7 +491,7 @@ class SQLiteMemory(BaseChatMessageMemory):
         if newest:
             rows.reverse()
         self._touch(session_id)
-        return [_to_message(row) for row in rows]
+        return _to_messages(rows)
 
     def _cursor_seq(self, session_id: str, cursor: str) -> int:
         seq = _seq(cursor)
@@ -532,11 +538,11 @@ class SQLiteMemory(BaseChatMessageMemory):
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return [_to_message(row) for row in self._read(sql, params)]
+        return _to_messages(self._read(sql, params))
 
     def _sessions(self, user_id: str | None) -> list[str]:
         cutoff = self._cutoff()
-        if user_id is None and cutoff is None:
+        if self._accounting and user_id is None and cutoff is None:
             rows = self._read(
                 "SELECT session FROM sessions WHERE ns = ? ORDER BY session",
                 (self.namespace,),
@@ -550,7 +556,7 @@ class SQLiteMemory(BaseChatMessageMemory):
         return [row[0] for row in rows]
 
     def _count(self, session_id: str | None, user_id: str | None) -> int:
-        if user_id is None and self._cutoff() is None:
+        if self._accounting and user_id is None and self._cutoff() is None:
             sql = "SELECT total(messages) FROM sessions WHERE ns = ?"
             params: list[Any] = [self.namespace]
             if session_id is not None:
@@ -580,9 +586,13 @@ class SQLiteMemory(BaseChatMessageMemory):
         return " AND ".join(where), params
 
     def _usage(self) -> tuple[int, int, float]:
-        used, count = self._read("SELECT total(bytes), total(messages) FROM sessions")[
-            0
-        ]
+        if self._accounting:
+            sql = "SELECT total(bytes), total(messages) FROM sessions"
+        else:
+            # Without a budget nothing keeps running totals: this scan is
+            # the price of stats() on an unbounded store.
+            sql = "SELECT total(size), count(*) FROM messages"
+        used, count = self._read(sql)[0]
         pages = self._read("PRAGMA page_count")[0][0]
         free = self._read("PRAGMA freelist_count")[0][0]
         fragmentation = free / pages if pages else 0.0
@@ -621,26 +631,16 @@ def _seq(message_id: str) -> int | None:
     return value if value < 1 << 63 else None
 
 
-def _with_id(message: Message, message_id: str) -> Message:
-    return Message(
-        id=message_id,
-        session_id=message.session_id,
-        role=message.role,
-        content=message.content,
-        user_id=message.user_id,
-        created_at=message.created_at,
-        metadata=message.metadata,
-    )
-
-
-def _to_message(row: tuple[Any, ...]) -> Message:
-    seq, session, user_id, role, created, content, metadata = row
-    return Message(
-        id=str(seq),
-        session_id=session,
-        role=ROLES[role],
-        content=content,
-        user_id=user_id,
-        created_at=from_micros(created),
-        metadata=load_metadata(metadata),
-    )
+def _to_messages(rows: list[tuple[Any, ...]]) -> list[Message]:
+    # Inlined rather than a call per row: history(last=20) spends most of
+    # its Python time here.
+    make, roles, loads = tuple.__new__, ROLES, json.loads
+    return [
+        make(
+            Message,
+            (str(seq), session, roles[role], content, user, created, loads(meta))
+            if meta
+            else (str(seq), session, roles[role], content, user, created, {}),
+        )
+        for seq, session, user, role, created, content, meta in rows
+    ]
