@@ -289,15 +289,22 @@ class BaseChatMessageMemory(BaseMemory):
         with self._transaction():
             self._maybe_purge()
             if self._budget.bounded:
-                short = self._budget.shortfall(self._used_bytes(), incoming)
-                if short:
-                    log.warning(
-                        "capacity reached: evicting %d bytes (%s)",
-                        short,
-                        self.policy,
-                    )
-                    self._evict(short)
+                self._make_room(incoming)
             return self._insert(prepared)
+
+    def _make_room(self, incoming: int) -> None:
+        budget = self._budget
+        short = budget.shortfall(self._used_bytes(), incoming)
+        if short:
+            self._reclaim(short)
+            used = self._used_bytes()
+            short = budget.shortfall(used, incoming)
+        if not short:
+            return
+        if budget.policy == "reject":
+            raise budget.refuse(used, incoming)
+        log.warning("capacity reached: evicting %d bytes (%s)", short, self.policy)
+        self._evict(short)
 
     def _maybe_purge(self) -> None:
         cutoff = self._cutoff()
@@ -496,6 +503,13 @@ class BaseChatMessageMemory(BaseMemory):
     def _evict(self, nbytes: int) -> None:
         """Free ``nbytes`` of this namespace by the policy, or raise
         CapacityExceeded when the namespace holds too little."""
+
+    def _reclaim(self, nbytes: int) -> None:
+        """Free space held by deleted messages, if the store keeps any.
+
+        Called before a full budget rejects or evicts; a store whose
+        deletes free space at once needs nothing here.
+        """
 
     @abstractmethod
     def _purge(self, cutoff: int) -> None:

@@ -123,8 +123,7 @@ class Budget:
     def shortfall(self, used: int, incoming: int) -> int:
         """Return how many bytes must be freed before ``incoming`` fits.
 
-        Raises :class:`CapacityExceeded` when the write can never fit, or
-        when freeing is needed and the policy is ``reject``.
+        Raises :class:`CapacityExceeded` when the write can never fit.
         """
         if self.capacity is None:
             return 0
@@ -135,15 +134,16 @@ class Budget:
                 f"is {self.capacity} bytes ({self.allocated} allocated); "
                 "raise capacity_bytes or split the write."
             )
-        short = used + incoming - room
-        if short > 0 and self.policy == "reject":
-            raise CapacityExceeded(
-                f"The store's budget of {self.capacity} bytes is full "
-                f"({used} used, {self.allocated} allocated, {incoming} "
-                "needed) and its policy is 'reject'; delete messages, "
-                "raise capacity_bytes, or open it with an evict policy."
-            )
-        return max(0, short)
+        return max(0, used + incoming - room)
+
+    def refuse(self, used: int, incoming: int) -> CapacityExceeded:
+        """Return the error for a full budget under the reject policy."""
+        return CapacityExceeded(
+            f"The store's budget of {self.capacity} bytes is full "
+            f"({used} used, {self.allocated} allocated, {incoming} "
+            "needed) and its policy is 'reject'; delete messages, "
+            "raise capacity_bytes, or open it with an evict policy."
+        )
 
     def allocate(self, size: int, used: int) -> Allocation:
         """Reserve ``size`` bytes next to ``used`` bytes of messages."""

@@ -104,6 +104,7 @@ class ArenaMemory(BaseChatMessageMemory):
         self._live = 0
         self._live_bytes = 0
         self._dead_bytes = 0
+        self._tails = 0  # dead bytes that compaction cannot reclaim
         self._table_bytes = 0
         self._last_created = -(1 << 62)
         index_entry = self._addresses.itemsize + 8
@@ -362,12 +363,14 @@ class ArenaMemory(BaseChatMessageMemory):
                 sys.getsizeof(name) + sys.getsizeof(group) + sys.getsizeof(group.seqs)
             )
 
+    def _reclaim(self, nbytes: int) -> None:
+        # Segment tails survive compaction; compacting again for them alone
+        # would copy the whole arena on every write of a full store.
+        if self._dead_bytes - self._tails >= nbytes:
+            self._compact()
+
     def _evict(self, nbytes: int) -> None:
         target = self._used_bytes() - nbytes
-        if self._dead_bytes >= nbytes:
-            self._compact()
-            if self._used_bytes() <= target:
-                return
         while self._used_bytes() - self._dead_bytes > target:
             if not self._live:
                 raise CapacityExceeded(
@@ -413,6 +416,7 @@ class ArenaMemory(BaseChatMessageMemory):
         large = sum(len(b) for b in self._large.values())
         tails = sum(size - fill for fill in self._fills[:-1])
         self._dead_bytes = in_segments + tails - (self._live_bytes - large)
+        self._tails = tails
 
     def _purge(self, cutoff: int) -> None:
         while self._by_time and self._created(self._by_time[0]) < cutoff:
