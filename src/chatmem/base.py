@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -435,6 +435,35 @@ class BaseChatMessageMemory(BaseMemory):
         if user_id is not None:
             check_id(user_id, "user id")
         return self._count(session_id, user_id)
+
+    def history_window(
+        self,
+        session_id: str,
+        max_tokens: int,
+        *,
+        token_counter: Callable[[Message], int] | None = None,
+        keep_system: bool = True,
+    ) -> list[Message]:
+        """Return the newest messages of a session that fit ``max_tokens``.
+
+        The window is in acceptance order and never separates an assistant
+        message that calls tools (metadata ``tool_calls``) from the tool
+        results answering it (``tool_call_id``). With ``keep_system`` the
+        session's first system message opens it and is paid for first.
+        ``token_counter`` maps a message to its tokens; the default,
+        :func:`chatmem.window.estimate_tokens`, needs no download. The
+        session is read backwards in pages, only as far as the budget
+        reaches. Raises :class:`InvalidMessage` for a bad argument.
+        """
+        from chatmem.window import history_window
+
+        return history_window(
+            self,
+            session_id,
+            max_tokens,
+            token_counter=token_counter,
+            keep_system=keep_system,
+        )
 
     # -- deleting --------------------------------------------------------
 
