@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chatmem.base import BaseChatMessageMemory, BaseMemory
 from chatmem.budget import POLICIES, Allocation, MemoryStats
@@ -29,6 +29,9 @@ from chatmem.errors import (
 )
 from chatmem.message import ROLES, Message
 from chatmem.registry import known_schemes, open_url
+
+if TYPE_CHECKING:
+    from chatmem.aio import AsyncChatMemory
 
 __all__ = [
     "POLICIES",
@@ -47,6 +50,7 @@ __all__ = [
     "UnknownBackend",
     "known_schemes",
     "open",
+    "open_async",
 ]
 
 __version__ = "0.1.0"
@@ -72,3 +76,16 @@ def open(url: str | None = None, **options: Any) -> BaseChatMessageMemory:
     if url is None:
         url = os.environ.get("CHATMEM_URL") or DEFAULT_URL
     return open_url(url, **options)
+
+
+async def open_async(url: str | None = None, **options: Any) -> AsyncChatMemory:
+    """Open a chat memory store whose methods are coroutines.
+
+    Takes the URL and options of :func:`open`, plus ``max_concurrency``
+    (calls run at once in worker threads, default 4); see
+    :mod:`chatmem.aio`.
+    """
+    # Imported on first use: ``import chatmem`` stays free of asyncio.
+    from chatmem.aio import open_async as open_async_store
+
+    return await open_async_store(url, **options)
