@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -56,6 +57,18 @@ def postgres_target(request: pytest.FixtureRequest, tmp: Path) -> Target:
     return Target("postgres", server.url, persistent=True, options={"schema": schema})
 
 
+def redis_target(request: pytest.FixtureRequest, tmp: Path) -> Target:
+    # Database 1 of the test server, emptied for each test: stats() counts
+    # the whole database, so a key prefix per test would not do.
+    import redis
+
+    server = request.getfixturevalue("redis_server")
+    url = urlsplit(server.url)._replace(path="/1").geturl()
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+    return Target("redis", url, persistent=True)
+
+
 def unique(prefix: str) -> str:
     """Return a name no other test uses."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
@@ -65,4 +78,5 @@ TARGETS: dict[str, Callable[[pytest.FixtureRequest, Path], Target]] = {
     "memory": memory_target,
     "sqlite": sqlite_target,
     "postgres": postgres_target,
+    "redis": redis_target,
 }
