@@ -16,10 +16,11 @@ Durability What the server's persistence keeps: with ``appendonly yes`` and
            ``appendfsync always`` an acknowledged write survives a crash of
            the server; with the default snapshots a crash loses what came
            after the last snapshot, while a clean shutdown keeps everything.
-           A write that raised :class:`BackendUnavailable` was not
-           acknowledged. A write retried after a dropped reply is stored
+           A write retried by chatmem after a dropped connection is stored
            once: each write carries a ticket (writer, number) that the
-           server remembers for the writer's latest write.
+           server remembers for the writer's latest write. A write that
+           raised :class:`BackendUnavailable` was not acknowledged; when
+           its reply timed out it may still have been stored.
 Ordering   Ids come from one counter per store (``INCRBY``), inside the
            script that writes: a session's history is in acceptance order
            across every process sharing the server, and ids are never reused.
@@ -715,7 +716,7 @@ class RedisMemory(BaseChatMessageMemory):
         passed since the first try; a reply that timed out is not retried,
         as its wait already took the whole timeout.
         """
-        begun = 0.0
+        begun = time.monotonic()
         delay = RETRY_FIRST_DELAY
         attempt = 0
         while True:
@@ -728,8 +729,6 @@ class RedisMemory(BaseChatMessageMemory):
                 ) from exc
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 now = time.monotonic()
-                if not begun:
-                    begun = now
                 attempt += 1
                 if (
                     attempt > self.retries
