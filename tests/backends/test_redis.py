@@ -502,7 +502,7 @@ def test_retried_write_after_a_lost_reply_is_stored_once(
 
     def lose_first_reply(*args: Any, **options: Any) -> Any:
         reply = real(*args, **options)
-        if args[0] == "EVALSHA" and args[3] == "add" and not dropped:
+        if args[0] == "FCALL" and args[3] == "add" and not dropped:
             dropped.append("once")
             raise redis.ConnectionError("connection reset after the write")
         return reply
@@ -515,6 +515,17 @@ def test_retried_write_after_a_lost_reply_is_stored_once(
     assert memory.stats().message_count == 1
     following = memory.add("s", "user", "next")
     assert int(following.id or "") > int(stored.id or "")
+
+
+def test_a_server_that_forgot_the_library_gets_it_again(
+    memory: RedisMemory, raw: Any
+) -> None:
+    stored = memory.add("s", "user", "before")
+    raw.function_flush()
+    assert raw.function_list() == []
+    after = memory.add("s", "user", "after")
+    assert memory.history("s") == [stored, after]
+    assert raw.function_list() != []
 
 
 def test_reopen_keeps_everything(store_at: Callable[..., RedisMemory]) -> None:

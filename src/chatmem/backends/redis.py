@@ -22,19 +22,21 @@ Durability What the server's persistence keeps: with ``appendonly yes`` and
            raised :class:`BackendUnavailable` was not acknowledged; when
            its reply timed out it may still have been stored.
 Ordering   Ids come from one counter per store (``INCRBY``), inside the
-           script that writes: a session's history is in acceptance order
+           function that writes: a session's history is in acceptance order
            across every process sharing the server, and ids are never reused.
-Atomicity  Every operation that touches more than one key is one Lua script:
-           a batch, with the retention trim, the budget check and any
-           eviction, is stored whole or not at all, and processes sharing
-           the server stay within the budget together. A long batch or a
-           large ``delete_session`` holds the server for its duration (a few
+Atomicity  Every operation that touches more than one key is one call of
+           chatmem's Lua function library, which each handle loads when it
+           opens (and again if the server forgot it): a batch, with the
+           retention trim, the budget check and any eviction, is stored
+           whole or not at all, and processes sharing the server stay
+           within the budget together. A long batch or a large
+           ``delete_session`` holds the server for its duration (several
            microseconds per message).
 Keys       ``chatmem:<namespace>:<kind>[:<id>]``, every namespace, session
            and user id percent-escaped so that ``:``, ``*``, ``{``, ``?``,
            spaces and newlines never reach a key's structure or a pattern.
            No command lists keys by pattern. Redis Cluster is not supported:
-           the scripts touch keys they compute.
+           the functions touch keys they compute.
 Indexes    Per session a sorted set of message bodies scored by id, so
            ``history(last=20)`` is one ``ZREVRANGE``; per namespace a hash
            id -> session for ``get`` and deletes, a sorted set in id order
@@ -52,7 +54,7 @@ Retention  Messages older than ``retention`` are hidden from every read at
 Deletion   Immediate: memory is given back to the server at once.
 Budget     ``used_bytes`` is the store-wide total of content, metadata, ids
            and :attr:`message_overhead` per message, kept in the same
-           script as every write. ``allocate`` reserves space in the
+           call as every write. ``allocate`` reserves space in the
            handle's process only. ``fragmentation`` is the allocator's share
            of the server's memory holding no live data, all databases.
 LRU        Writes mark a session used; reads do too on a handle opened with
@@ -81,8 +83,8 @@ from redis.connection import BlockingConnectionPool, Connection, SSLConnection
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
-    NoScriptError,
     RedisError,
+    ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -124,16 +126,20 @@ MIN_SERVER = (7, 0)
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.~-]*\Z")
 
-SCRIPT = """\
-#!lua
--- chatmem's Redis script: every multi-key operation of RedisMemory.
+LIBRARY_CODE = """\
+#!lua name=@NAME@
+-- chatmem's Redis function library: every multi-key operation of
+-- RedisMemory.
 --
--- One script with a dispatcher rather than one per operation: a single
--- SHA to load and cache, and the removal helpers are shared by delete,
--- purge and eviction, so the indexes cannot drift apart.
+-- A library of functions rather than EVAL scripts: the helpers below are
+-- built once when the library loads, not on every call, which saves a
+-- few microseconds per operation; and one library keeps the removal
+-- helpers shared by delete, purge and eviction, so the indexes cannot
+-- drift apart. Its name carries a hash of its code, so chatmem versions
+-- sharing a server never replace each other's.
 --
--- ARGV[1] operation, ARGV[2] store prefix ("chatmem:"), ARGV[3] namespace
--- prefix ("chatmem:<ns>:"), ARGV[4] retention cutoff as a time key or "".
+-- Arguments: [1] operation, [2] store prefix ("chatmem:"), [3] namespace
+-- prefix ("chatmem:<ns>:"), [4] retention cutoff as a time key or "".
 -- Every user-supplied part of a key arrives escaped by the client.
 --
 -- Store keys:     S..'seq' (ids and the LRU clock), S..'stats' (hash:
@@ -146,8 +152,9 @@ SCRIPT = """\
 -- Entry:          id|role|timekey|size|session|user
 -- Body:           [id,session,role,created,content,user(,metadata)]
 
-local op, S, N, cutoff = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local call = redis.call
+-- Set at the start of every call; redis.call cannot be read at load time.
+local S, N, cutoff, call
+local OPS = {}
 local PURGE_CHUNK = 256
 
 local function id_of(number)
@@ -314,11 +321,23 @@ local function evict(policy, short)
   return evict_oldest(short)
 end
 
+local function push(list, score, member)
+  list[#list + 1] = score
+  list[#list + 1] = member
+end
+
+-- ZADD score/member pairs in slices that fit Lua's argument limit.
+local function zadd(key, pairs_)
+  for from = 1, #pairs_, 4000 do
+    call('ZADD', key, unpack(pairs_, from, math.min(from + 3999, #pairs_)))
+  end
+end
+
 local function touch(session)
   call('ZADD', N .. 'l', 'XX', call('INCR', S .. 'seq'), session)
 end
 
-if op == 'add' then
+OPS.add = function(ARGV)
   -- ARGV[5] room (-1: no budget), [6] incoming bytes, [7] policy,
   -- [8] writer, [9] ticket, [10] ticket lifetime ms, [11] count, then
   -- 7 per message: session, user, role, timekey, size, body tail,
@@ -354,7 +373,10 @@ if op == 'add' then
 
   local count = tonumber(ARGV[11])
   local first = call('INCRBY', S .. 'seq', count) - count + 1
-  local sessions, total = {}, 0
+  -- Members are gathered per key and added with one ZADD each: a batch
+  -- costs a few commands per session and user, not four per message.
+  local sessions, users, order, times, total = {}, {}, {}, {}, 0
+  local session_list = {}
   for i = 0, count - 1 do
     local at = 12 + i * 7
     local session, user, role = ARGV[at], ARGV[at + 1], ARGV[at + 2]
@@ -362,20 +384,21 @@ if op == 'add' then
     local expires = tonumber(ARGV[at + 6])
     local seq = first + i
     local id = id_of(seq)
-    local key = N .. 'h:' .. session
     local info = sessions[session]
     if not info then
-      info = {expires = 0}
-      info.fresh = expires > 0 and call('EXISTS', key) == 0
+      info = {expires = 0, bodies = {}}
+      info.fresh = expires > 0
+        and call('EXISTS', N .. 'h:' .. session) == 0
       sessions[session] = info
+      session_list[#session_list + 1] = session
     end
-    call('ZADD', key, seq, '[' .. id .. ARGV[at + 5])
-    call('ZADD', N .. 'o', seq, table.concat(
-      {id, role, timekey, size, session, user}, '|'))
+    push(info.bodies, seq, '[' .. id .. ARGV[at + 5])
+    push(order, seq, table.concat({id, role, timekey, size, session, user}, '|'))
     local member = index_member(timekey, id)
-    call('ZADD', N .. 't', 0, member)
+    push(times, 0, member)
     if user ~= '' then
-      call('ZADD', N .. 'u:' .. user, 0, member)
+      users[user] = users[user] or {}
+      push(users[user], 0, member)
     end
     total = total + tonumber(size)
     info.last = seq
@@ -384,12 +407,20 @@ if op == 'add' then
     end
   end
 
-  for session, info in pairs(sessions) do
-    call('ZADD', N .. 'l', info.last, session)
+  zadd(N .. 'o', order)
+  zadd(N .. 't', times)
+  for user, members in pairs(users) do
+    zadd(N .. 'u:' .. user, members)
+  end
+  local last_use = {}
+  for _, session in ipairs(session_list) do
+    local info = sessions[session]
+    local key = N .. 'h:' .. session
+    zadd(key, info.bodies)
+    push(last_use, info.last, session)
     -- The sliding expiry only ever moves later, and never lands on a key
     -- that a writer without retention made persistent.
     if info.expires > 0 then
-      local key = N .. 'h:' .. session
       if info.fresh then
         call('PEXPIREAT', key, info.expires)
       else
@@ -400,6 +431,7 @@ if op == 'add' then
       end
     end
   end
+  zadd(N .. 'l', last_use)
   account(total, count)
   if writer ~= '' then
     call('SET', wkey, ticket .. ':' .. id_of(first), 'PX', ARGV[10])
@@ -407,7 +439,7 @@ if op == 'add' then
   return {'ok', id_of(first), id_of(evicted), '0'}
 end
 
-if op == 'get' then
+OPS.get = function(ARGV)
   -- ARGV[5] id, [6] '1' to mark the session used
   local entry = entry_of(ARGV[5])
   if not entry then
@@ -421,7 +453,7 @@ if op == 'get' then
   return body or false
 end
 
-if op == 'history' then
+OPS.history = function(ARGV)
   -- ARGV[5] session, [6] after id or '', [7] before id or '',
   -- [8] count (-1: all), [9] '1' newest first, [10] '1' check cursors,
   -- [11] '1' mark the session used
@@ -452,7 +484,7 @@ if op == 'history' then
   return {'ok', rows}
 end
 
-if op == 'query' then
+OPS.query = function(ARGV)
   -- ARGV[5] index ('t' or 'u:'..user), [6] session or '', [7] role code
   -- or '', [8] low lex bound, [9] high lex bound, [10] limit (0: none)
   local index, session, role = N .. ARGV[5], ARGV[6], ARGV[7]
@@ -484,7 +516,7 @@ if op == 'query' then
   end
 end
 
-if op == 'purge' then
+OPS.purge = function(ARGV)
   -- ARGV[5] how many to delete at most; returns 1 when none is left
   if purge(tonumber(ARGV[5])) then
     return 1
@@ -492,24 +524,24 @@ if op == 'purge' then
   return 0
 end
 
-if op == 'evict' then
+OPS.evict = function(ARGV)
   -- ARGV[5] bytes to free, [6] policy; returns bytes freed or -1
   return evict(ARGV[6], tonumber(ARGV[5])) or -1
 end
 
-if op == 'delete' then
+OPS.delete = function(ARGV)
   -- ARGV[5] id
   local count = drop_ids({ARGV[5]})
   return count
 end
 
-if op == 'delete_session' then
+OPS.delete_session = function(ARGV)
   -- ARGV[5] session
   local count = drop_session(ARGV[5])
   return count
 end
 
-if op == 'delete_user' then
+OPS.delete_user = function(ARGV)
   -- ARGV[5] user
   local ids = {}
   for i, member in ipairs(call('ZRANGE', N .. 'u:' .. ARGV[5], 0, -1)) do
@@ -519,7 +551,7 @@ if op == 'delete_user' then
   return count
 end
 
-if op == 'user_sessions' or op == 'count_both' then
+local function by_user(ARGV, op)
   -- ARGV[5] user, [6] session (count_both only)
   local seen, sessions, count = {}, {}, 0
   for _, member in ipairs(call('ZRANGE', N .. 'u:' .. ARGV[5], 0, -1)) do
@@ -542,10 +574,27 @@ if op == 'user_sessions' or op == 'count_both' then
   return sessions
 end
 
-return redis.error_reply('chatmem: unknown script operation ' .. tostring(op))
+OPS.user_sessions = function(ARGV)
+  return by_user(ARGV, 'user_sessions')
+end
+
+OPS.count_both = function(ARGV)
+  return by_user(ARGV, 'count_both')
+end
+
+redis.register_function('@NAME@', function(_, ARGV)
+  call = redis.call
+  S, N, cutoff = ARGV[2], ARGV[3], ARGV[4]
+  local op = OPS[ARGV[1]]
+  if not op then
+    return redis.error_reply('chatmem: unknown operation ' .. ARGV[1])
+  end
+  return op(ARGV)
+end)
 """
 
-SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+FUNCTION = "chatmem_" + hashlib.sha1(LIBRARY_CODE.encode()).hexdigest()[:16]
+LIBRARY = LIBRARY_CODE.replace("@NAME@", FUNCTION)
 
 
 @lru_cache(maxsize=8192)
@@ -554,7 +603,7 @@ def key_part(text: str) -> str:
 
     Letters, digits and ``_.~-`` stay as they are; every other byte of the
     UTF-8 form becomes ``%XX``. The result never holds ``:`` (the key
-    separator), ``|`` (the script's field separator) or a glob character,
+    separator), ``|`` (the functions' field separator) or a glob character,
     and different ids never escape alike.
     """
     if _PLAIN.match(text):
@@ -705,7 +754,15 @@ class RedisMemory(BaseChatMessageMemory):
                 f"chatmem needs Redis 7.0 or later; {self._shown} runs "
                 f"{version}. Upgrade the server."
             )
-        self._run(self._client.execute_command, "SCRIPT", "LOAD", SCRIPT)
+        self._run(self._load_library)
+
+    def _load_library(self) -> None:
+        execute: Callable[..., Any] = self._client.execute_command
+        try:
+            execute("FUNCTION LOAD", LIBRARY)
+        except ResponseError as exc:
+            if "already exists" not in str(exc):
+                raise
 
     # -- talking to the server -------------------------------------------
 
@@ -750,21 +807,21 @@ class RedisMemory(BaseChatMessageMemory):
     def _command(self, *args: Any) -> Any:
         return self._run(self._client.execute_command, *args)
 
-    def _script(self, op: str, *args: Any, cutoff: str = "") -> Any:
-        return self._run(self._evalsha, op, cutoff, args)
+    def _call(self, op: str, *args: Any, cutoff: str = "") -> Any:
+        return self._run(self._fcall, op, cutoff, args)
 
-    def _evalsha(self, op: str, cutoff: str, args: Sequence[Any]) -> Any:
+    def _fcall(self, op: str, cutoff: str, args: Sequence[Any]) -> Any:
         execute: Callable[..., Any] = self._client.execute_command
+        call = ("FCALL", FUNCTION, 0, op, STORE_PREFIX, self._prefix, cutoff)
         try:
-            return execute(
-                "EVALSHA", SCRIPT_SHA, 0, op, STORE_PREFIX, self._prefix, cutoff, *args
-            )
-        except NoScriptError:
-            # A restarted server has forgotten the script.
-            execute("SCRIPT", "LOAD", SCRIPT)
-            return execute(
-                "EVALSHA", SCRIPT_SHA, 0, op, STORE_PREFIX, self._prefix, cutoff, *args
-            )
+            return execute(*call, *args)
+        except ResponseError as exc:
+            # A server restarted without persistence, or emptied with
+            # FUNCTION FLUSH, has forgotten the library.
+            if "Function not found" not in str(exc):
+                raise
+        self._load_library()
+        return execute(*call, *args)
 
     def _key(self, kind: str, part: str) -> str:
         return f"{self._prefix}{kind}{key_part(part)}"
@@ -776,7 +833,7 @@ class RedisMemory(BaseChatMessageMemory):
     def _purge_all(self) -> None:
         cutoff = self._cutoff_key()
         if cutoff:
-            while not self._script("purge", PURGE_CHUNK, cutoff=cutoff):
+            while not self._call("purge", PURGE_CHUNK, cutoff=cutoff):
                 pass
 
     def _ticket(self) -> tuple[str, str]:
@@ -790,7 +847,7 @@ class RedisMemory(BaseChatMessageMemory):
         return writer.id, str(writer.number)
 
     def _transaction(self) -> AbstractContextManager[Any]:
-        # Each write is one script, atomic on the server; nothing to open.
+        # Each write is one function call, atomic on the server; nothing to open.
         return nullcontext()
 
     def _close(self) -> None:
@@ -802,7 +859,7 @@ class RedisMemory(BaseChatMessageMemory):
     # -- writing ---------------------------------------------------------
 
     def _write(self, prepared: list[Prepared]) -> list[Message]:
-        # One script does what the base class does in steps (trim, budget,
+        # One function call does what the base class does in steps (trim, budget,
         # eviction, insert), so processes sharing the server cannot slip
         # between the check and the write.
         overhead = self.message_overhead
@@ -853,7 +910,7 @@ class RedisMemory(BaseChatMessageMemory):
                 0 if retention_ms is None else micros // 1000 + retention_ms + 1,
             )
 
-        reply = self._script("add", *args, cutoff=self._cutoff_key())
+        reply = self._call("add", *args, cutoff=self._cutoff_key())
         status = reply[0]
         if status != b"ok":
             used = int(reply[1])
@@ -874,32 +931,32 @@ class RedisMemory(BaseChatMessageMemory):
         ]
 
     def _evict(self, nbytes: int) -> None:
-        freed = self._script("evict", nbytes, self.policy)
+        freed = self._call("evict", nbytes, self.policy)
         if freed < 0:
             raise _too_little()
 
     def _purge(self, cutoff: int) -> None:
         key = time_key(cutoff)
-        while not self._script("purge", PURGE_CHUNK, cutoff=key):
+        while not self._call("purge", PURGE_CHUNK, cutoff=key):
             pass
 
     def _delete(self, message_id: str) -> bool:
         if _seq(message_id) is None:
             return False
-        return bool(self._script("delete", message_id))
+        return bool(self._call("delete", message_id))
 
     def _delete_session(self, session_id: str) -> int:
-        return int(self._script("delete_session", key_part(session_id)))
+        return int(self._call("delete_session", key_part(session_id)))
 
     def _delete_user(self, user_id: str) -> int:
-        return int(self._script("delete_user", key_part(user_id)))
+        return int(self._call("delete_user", key_part(user_id)))
 
     # -- reading ---------------------------------------------------------
 
     def _get(self, message_id: str) -> Message | None:
         if _seq(message_id) is None:
             return None
-        body = self._script("get", message_id, "1" if self._touching else "0")
+        body = self._call("get", message_id, "1" if self._touching else "0")
         if body is None:
             return None
         return _to_messages([body])[0]
@@ -958,7 +1015,7 @@ class RedisMemory(BaseChatMessageMemory):
             command = "ZREVRANGE" if newest else "ZRANGE"
             rows: list[bytes] = self._command(command, key, 0, stop)
             return rows
-        reply = self._script(
+        reply = self._call(
             "history",
             key_part(session_id),
             after or "",
@@ -999,7 +1056,7 @@ class RedisMemory(BaseChatMessageMemory):
             return found if limit is None else found[:limit]
 
         index = "t" if user_id is None else "u:" + key_part(user_id)
-        rows = self._script(
+        rows = self._call(
             "query",
             index,
             "" if session_id is None else key_part(session_id),
@@ -1015,13 +1072,13 @@ class RedisMemory(BaseChatMessageMemory):
         if user_id is None:
             names = self._command("ZRANGE", self._prefix + "l", 0, -1)
         else:
-            names = self._script("user_sessions", key_part(user_id))
+            names = self._call("user_sessions", key_part(user_id))
         return sorted(unquote(name.decode()) for name in names)
 
     def _count(self, session_id: str | None, user_id: str | None) -> int:
         self._purge_all()
         if session_id is not None and user_id is not None:
-            both = self._script("count_both", key_part(user_id), key_part(session_id))
+            both = self._call("count_both", key_part(user_id), key_part(session_id))
             return int(both)
         if session_id is not None:
             key = self._key("h:", session_id)
