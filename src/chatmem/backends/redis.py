@@ -119,6 +119,9 @@ MAX_ID = 1 << 53
 RETRY_FIRST_DELAY = 0.05
 RETRY_MAX_DELAY = 0.5
 
+# Where the add operation's arguments say that this try is a retry.
+RETRY_FLAG = 6
+
 # Reads with retention trim expired messages in chunks of this many.
 PURGE_CHUNK = 1024
 
@@ -339,13 +342,14 @@ end
 
 OPS.add = function(ARGV)
   -- ARGV[5] room (-1: no budget), [6] incoming bytes, [7] policy,
-  -- [8] writer, [9] ticket, [10] ticket lifetime ms, [11] count, then
-  -- 7 per message: session, user, role, timekey, size, body tail,
-  -- expiry ms (0: none).
+  -- [8] writer, [9] ticket, [10] ticket lifetime ms, [11] '1' on a
+  -- retry, [12] count, then 7 per message: session, user, role,
+  -- timekey, size, body tail, expiry ms (0: none).
   local room, incoming = tonumber(ARGV[5]), tonumber(ARGV[6])
   local writer, ticket = ARGV[8], ARGV[9]
   local wkey = S .. 'w:' .. writer
-  if writer ~= '' then
+  -- Only a retry can find its own ticket; a first try skips the read.
+  if writer ~= '' and ARGV[11] == '1' then
     local done = call('GET', wkey)
     if done then
       local seen, first = string.match(done, '^([^:]*):(%d+)$')
@@ -371,14 +375,14 @@ OPS.add = function(ARGV)
     end
   end
 
-  local count = tonumber(ARGV[11])
+  local count = tonumber(ARGV[12])
   local first = call('INCRBY', S .. 'seq', count) - count + 1
   -- Members are gathered per key and added with one ZADD each: a batch
   -- costs a few commands per session and user, not four per message.
   local sessions, users, order, times, total = {}, {}, {}, {}, 0
   local session_list = {}
   for i = 0, count - 1 do
-    local at = 12 + i * 7
+    local at = 13 + i * 7
     local session, user, role = ARGV[at], ARGV[at + 1], ARGV[at + 2]
     local timekey, size = ARGV[at + 3], ARGV[at + 4]
     local expires = tonumber(ARGV[at + 6])
@@ -885,6 +889,7 @@ class RedisMemory(BaseChatMessageMemory):
             writer,
             ticket,
             self._ticket_ms,
+            "0",
             len(prepared),
         ]
         overhead = self.message_overhead
@@ -910,7 +915,16 @@ class RedisMemory(BaseChatMessageMemory):
                 0 if retention_ms is None else micros // 1000 + retention_ms + 1,
             )
 
-        reply = self._call("add", *args, cutoff=self._cutoff_key())
+        cutoff = self._cutoff_key()
+        tries = 0
+
+        def send() -> Any:
+            nonlocal tries
+            tries += 1
+            args[RETRY_FLAG] = "1" if tries > 1 else "0"
+            return self._fcall("add", cutoff, args)
+
+        reply = self._run(send)
         status = reply[0]
         if status != b"ok":
             used = int(reply[1])
