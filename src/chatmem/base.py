@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from chatmem.budget import Allocation, Budget, MemoryStats
 from chatmem.errors import InvalidMessage, MessageNotFound, StoreClosed
@@ -134,7 +134,7 @@ class BaseMemory(ABC):
             self._closed = True
             self._close()
 
-    def __enter__(self) -> BaseMemory:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -489,7 +489,7 @@ class BaseChatMessageMemory(BaseMemory):
         check_id(user_id, "user id")
         return self._delete_user(user_id)
 
-    def __enter__(self) -> BaseChatMessageMemory:
+    def __enter__(self) -> Self:
         return self
 
     def __repr__(self) -> str:

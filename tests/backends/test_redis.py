@@ -50,7 +50,7 @@ def url(server: Any) -> str:
     address = urlsplit(server.url)._replace(path=f"/{DB}").geturl()
     with redis.Redis.from_url(address) as client:
         client.flushdb()
-    return address
+    return str(address)
 
 
 @pytest.fixture
@@ -322,7 +322,7 @@ class _Counting:
 
     def __init__(self, memory: RedisMemory) -> None:
         self.calls: list[str] = []
-        real = memory._client.execute_command
+        real: Callable[..., Any] = memory._client.execute_command
 
         def counted(*args: Any, **options: Any) -> Any:
             self.calls.append(str(args[0]))
@@ -497,7 +497,7 @@ def test_reads_mark_sessions_used_for_other_handles(
 def test_retried_write_after_a_lost_reply_is_stored_once(
     memory: RedisMemory,
 ) -> None:
-    real = memory._client.execute_command
+    real: Callable[..., Any] = memory._client.execute_command
     dropped: list[str] = []
 
     def lose_first_reply(*args: Any, **options: Any) -> Any:

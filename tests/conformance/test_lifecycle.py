@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -32,7 +33,7 @@ def test_closed_store_raises(target: Target) -> None:
     stored = memory.add("s1", "user", "x")
     memory.close()
     memory.close()  # closing twice is harmless
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: memory.add("s1", "user", "y"),
         lambda: memory.get(stored.id or ""),
         lambda: memory.history("s1"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -66,7 +67,7 @@ def test_tool_calls_round_trip(memory: BaseChatMessageMemory) -> None:
 
 
 def test_metadata_json_values_round_trip(memory: BaseChatMessageMemory) -> None:
-    metadata = {
+    metadata: dict[str, Any] = {
         "n": 1,
         "big": 2**62,
         "f": 0.1,

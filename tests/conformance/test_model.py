@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -39,7 +40,7 @@ operations = st.lists(
 )
 @given(ops=operations, last=st.integers(1, 6), start=st.integers(0, 5))
 def test_backend_matches_list_model(
-    target: Target, ops: list[tuple], last: int, start: int
+    target: Target, ops: list[tuple[Any, ...]], last: int, start: int
 ) -> None:
     # Every example gets a namespace of its own within the test's store.
     memory = target.open(namespace=unique("model"))
@@ -74,10 +75,9 @@ def test_backend_matches_list_model(
             ]
         order = {m[0]: i for i, m in enumerate(model)}
         since = T0 + timedelta(minutes=start)
-        expected = sorted(
-            (m for m in model if m[5] >= since), key=lambda m: (m[5], order[m[0]])
-        )
-        assert [m.id for m in memory.query(start=since)] == [m[0] for m in expected]
+        in_range = [m for m in model if m[5] >= since]
+        in_range.sort(key=lambda m: (m[5], order[m[0]]))
+        assert [m.id for m in memory.query(start=since)] == [m[0] for m in in_range]
         for user in ("u1", "u2"):
             mine = sorted(
                 (m for m in model if m[4] == user), key=lambda m: (m[5], order[m[0]])

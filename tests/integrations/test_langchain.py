@@ -79,8 +79,8 @@ def every_kind_of_message() -> list[BaseMessage]:
                 },
             ]
         ),
-        ChatMessage("Be brief.", role="critic"),
-        AIMessageChunk("partial"),
+        ChatMessage(content="Be brief.", role="critic"),
+        AIMessageChunk(content="partial"),
         HumanMessage(""),
     ]
 
