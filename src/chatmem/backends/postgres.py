@@ -596,52 +596,49 @@ class PostgresMemory(BaseChatMessageMemory):
         assert tx is not None  # the base class writes in _transaction
         ns = self.namespace
         overhead = self.message_overhead
-        for item in prepared:
-            message = item.message
-            for value in (message.session_id, message.user_id):
-                if value is not None and "\x00" in value:
-                    raise InvalidMessage(
-                        "Session and user ids cannot hold NUL characters in "
-                        "PostgreSQL. Nothing was stored."
-                    )
+        messages = [item.message for item in prepared]
+        for message in messages:
+            if "\x00" in message.session_id or "\x00" in (message.user_id or ""):
+                raise InvalidMessage(
+                    "Session and user ids cannot hold NUL characters in "
+                    "PostgreSQL. Nothing was stored."
+                )
 
         # The insert is the last step of a write (after purge and eviction),
         # so it carries the commit.
         if len(prepared) == 1:
-            item = prepared[0]
-            message = item.message
-            assert message.created_at is not None
+            item, message = prepared[0], messages[0]
             params: list[Any] = [
                 ns,
                 message.session_id,
                 message.user_id,
                 ROLE_CODES[message.role],
-                to_micros(message.created_at),
+                to_micros(message[5]),
                 item.size + overhead,
                 item.content_bytes,
                 item.metadata_json,
             ]
-            rows = self._finish(tx, self._sql.insert_one, params).fetchall()
-        else:
-            messages = [item.message for item in prepared]
-            params = [
-                ns,
-                [m.session_id for m in messages],
-                [m.user_id for m in messages],
-                [ROLE_CODES[m.role] for m in messages],
-                [to_micros(m.created_at) for m in messages if m.created_at],
-                [item.size + overhead for item in prepared],
-                [item.content_bytes for item in prepared],
-                [item.metadata_json for item in prepared],
-            ]
-            rows = self._finish(tx, self._sql.insert_many, params).fetchall()
+            row = self._finish(tx, self._sql.insert_one, params).fetchone()
+            assert row is not None
+            return [with_id(message, str(row[0]))]
 
+        params = [
+            ns,
+            [m.session_id for m in messages],
+            [m.user_id for m in messages],
+            [ROLE_CODES[m.role] for m in messages],
+            [to_micros(m[5]) for m in messages],
+            [item.size + overhead for item in prepared],
+            [item.content_bytes for item in prepared],
+            [item.metadata_json for item in prepared],
+        ]
+        rows = self._finish(tx, self._sql.insert_many, params).fetchall()
         # Ids are drawn in the batch's order; sorting keeps that pairing
         # even if the server returned the rows in another order.
         seqs = sorted(row[0] for row in rows)
         return [
-            with_id(item.message, str(seq))
-            for item, seq in zip(prepared, seqs, strict=True)
+            with_id(message, str(seq))
+            for message, seq in zip(messages, seqs, strict=True)
         ]
 
     def _touch(self, session_id: str) -> None:

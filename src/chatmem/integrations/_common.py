@@ -1,16 +1,25 @@
-"""What the adapters share: reaching both faces of a store, and replacing
-a session's messages without losing them on a failed write."""
+"""What the adapters share: reaching both faces of a store, replacing a
+session's messages without losing them on a failed write, and reading the
+tool calls other clients wrote."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from chatmem.aio import AsyncChatMemory
 from chatmem.base import BaseChatMessageMemory
 from chatmem.errors import MessageNotFound
 from chatmem.message import Message
 
-__all__ = ["areplace_session", "replace_session", "stores"]
+__all__ = [
+    "ToolCall",
+    "areplace_session",
+    "read_tool_calls",
+    "replace_session",
+    "stores",
+]
 
 
 def stores(memory: object) -> tuple[BaseChatMessageMemory, AsyncChatMemory]:
@@ -68,3 +77,52 @@ def _delete_quietly(store: BaseChatMessageMemory, message: Message) -> None:
         store.delete(message.id)
     except MessageNotFound:
         pass  # gone already: retention, eviction or another client
+
+
+class ToolCall(NamedTuple):
+    """A tool call read from ``metadata["tool_calls"]`` in any known form."""
+
+    id: str | None
+    name: str | None
+    arguments: Any  # a dict when the JSON arguments parsed, else the raw value
+
+
+def read_tool_calls(calls: object) -> list[ToolCall]:
+    """Return the tool calls of a message written by any client.
+
+    Takes LangChain's form (``name``, ``args``, ``id``) and OpenAI's chat
+    form (``id``, ``function`` with ``name`` and JSON ``arguments``).
+    """
+    if not isinstance(calls, list):
+        return []
+    found = []
+    for call in calls:
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function")
+        if isinstance(function, dict):
+            name, arguments = function.get("name"), function.get("arguments")
+        else:
+            name = call.get("name")
+            arguments = call.get("args", call.get("arguments"))
+        if isinstance(arguments, str):
+            arguments = _parse_arguments(arguments)
+        call_id = call.get("id")
+        found.append(
+            ToolCall(
+                call_id if isinstance(call_id, str) else None,
+                name if isinstance(name, str) else None,
+                arguments,
+            )
+        )
+    return found
+
+
+def _parse_arguments(text: str) -> Any:
+    """Return JSON arguments parsed, or the text itself when not JSON."""
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -61,7 +61,12 @@ from langchain_core.messages import (
 from chatmem.aio import AsyncChatMemory
 from chatmem.base import BaseChatMessageMemory
 from chatmem.errors import InvalidMessage
-from chatmem.integrations._common import areplace_session, replace_session, stores
+from chatmem.integrations._common import (
+    areplace_session,
+    read_tool_calls,
+    replace_session,
+    stores,
+)
 from chatmem.message import Message, check_id
 
 __all__ = ["ChatMemoryHistory", "from_chatmem", "to_chatmem"]
@@ -287,41 +292,32 @@ def _foreign(message: Message) -> BaseMessage:
         return ToolMessage(
             **common, tool_call_id=call_id if isinstance(call_id, str) else ""
         )
-    calls = metadata.get("tool_calls")
-    valid, invalid = _tool_calls(calls if isinstance(calls, list) else [])
+    valid, invalid = _tool_calls(metadata.get("tool_calls"))
     return AIMessage(**common, tool_calls=valid, invalid_tool_calls=invalid)
 
 
-def _tool_calls(calls: list[Any]) -> tuple[list[Any], list[Any]]:
-    """Split stored tool calls into LangChain's valid and invalid ones.
-
-    Takes LangChain's form (name, args, id) and OpenAI's chat form (id,
-    function with name and JSON arguments).
-    """
+def _tool_calls(calls: object) -> tuple[list[Any], list[Any]]:
+    """Split stored tool calls into LangChain's valid and invalid ones."""
     valid: list[Any] = []
     invalid: list[Any] = []
-    for call in calls:
-        if not isinstance(call, dict):
-            continue
-        call_id = call.get("id")
-        function = call.get("function")
-        if isinstance(function, dict):
-            name, arguments = function.get("name"), function.get("arguments")
-        else:
-            name, arguments = call.get("name"), call.get("args", call.get("arguments"))
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments) if arguments else {}
-            except ValueError:
-                invalid.append(_invalid(name, arguments, call_id, "not JSON"))
-                continue
-        if isinstance(name, str) and isinstance(arguments, dict):
+    for call in read_tool_calls(calls):
+        if call.name is not None and isinstance(call.arguments, dict):
             valid.append(
-                {"name": name, "args": arguments, "id": call_id, "type": "tool_call"}
+                {
+                    "name": call.name,
+                    "args": call.arguments,
+                    "id": call.id,
+                    "type": "tool_call",
+                }
             )
-        else:
-            text = json.dumps(arguments) if arguments is not None else None
-            invalid.append(_invalid(name, text, call_id, "no name or arguments"))
+            continue
+        raw = call.arguments
+        text = raw if isinstance(raw, str) or raw is None else json.dumps(raw)
+        invalid.append(
+            _invalid(
+                call.name, text, call.id, "not a named call with JSON object arguments"
+            )
+        )
     return valid, invalid
 
 
