@@ -69,6 +69,13 @@ def redis_target(request: pytest.FixtureRequest, tmp: Path) -> Target:
     return Target("redis", url, persistent=True)
 
 
+def kafka_target(request: pytest.FixtureRequest, tmp: Path) -> Target:
+    # A topic per test: fresh and empty, on the one broker of the run.
+    server = request.getfixturevalue("kafka_server")
+    url = f"{server.url.rstrip('/')}/{unique('conformance')}"
+    return Target("kafka", url, persistent=True)
+
+
 def unique(prefix: str) -> str:
     """Return a name no other test uses."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
@@ -79,4 +86,5 @@ TARGETS: dict[str, Callable[[pytest.FixtureRequest, Path], Target]] = {
     "sqlite": sqlite_target,
     "postgres": postgres_target,
     "redis": redis_target,
+    "kafka": kafka_target,
 }
