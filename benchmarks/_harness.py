@@ -1,0 +1,341 @@
+"""Shared machinery for chatmem's benchmark scripts.
+
+Every script in ``benchmarks/`` measures chatmem beside a baseline doing
+the same work in the same run. This module holds what they share:
+
+- :class:`ChatWorkload`, a seeded stream of realistic chat turns
+  (interleaved customer-service sessions, tool calls, lognormal lengths),
+  so that every system under test stores exactly the same data;
+- :func:`timed`, per-call timing with ``perf_counter_ns``;
+- :func:`interleave`, which runs the cases round-robin, drops warm-up
+  rounds and keeps every timed call, so a burst of load on a shared
+  machine hits every case alike;
+- :class:`Figure`, the median, p99 and rate of one case, and
+  :func:`ratio` to set it beside its baseline;
+- :func:`table` for the markdown the results files hold, and
+  :func:`settle`, :func:`machine` for the run's conditions.
+
+It imports nothing outside the standard library, so a script can import
+it before deciding which clients it needs.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import platform
+import random
+import sqlite3
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+__all__ = [
+    "ChatWorkload",
+    "Figure",
+    "Turn",
+    "interleave",
+    "machine",
+    "percentile",
+    "ratio",
+    "settle",
+    "table",
+    "timed",
+]
+
+# -- workload -------------------------------------------------------------
+
+VOCABULARY = (
+    "order parcel delivery refund invoice account password reset login "
+    "shipping address payment card charge subscription plan upgrade cancel "
+    "tracking number warehouse courier delayed arrived damaged replace "
+    "return label store credit discount code coupon expired balance "
+    "please thanks hello could you check my the a an is was will be "
+    "have has not yet again since yesterday today tomorrow week morning "
+    "I we you it they this that what when where why how can help sorry "
+    "for inconvenience understand let me look into right away confirm "
+    "email phone verify identity policy days business within apply "
+    "receipt item size colour quantity missing wrong sent back update"
+)
+WORDS = VOCABULARY.split()
+
+TOOLS = ("lookup_order", "refund_payment", "track_parcel", "reset_password")
+
+
+class Turn(NamedTuple):
+    """One chat message of a workload, before any store sees it."""
+
+    session_id: str
+    user_id: str
+    role: str
+    content: str
+    metadata: dict[str, Any]
+    created_us: int  # microseconds since the Unix epoch
+
+
+@dataclass
+class ChatWorkload:
+    """A seeded, reproducible customer-service day (or month).
+
+    ``open_sessions`` conversations run at once and their turns interleave;
+    each lasts 8 to 60 turns. A session belongs to one customer; three in
+    ten sessions come from a returning customer. User turns are short
+    (lognormal, median 70 characters), assistant turns longer (median
+    320); about one assistant turn in twelve calls a tool, and the tool's
+    result follows as a ``tool`` turn carrying ``tool_call_id`` and
+    ``name``. Timestamps increase through ``span``. The same seed and
+    count give the same turns, byte for byte.
+
+    After :meth:`turns` has run, ``sessions`` lists every session in order
+    of first appearance and ``samples`` holds about ``sample_size`` turns
+    spread evenly through the stream, for picking read targets.
+    """
+
+    seed: int
+    count: int
+    open_sessions: int = 64
+    span: timedelta = timedelta(days=30)
+    start: datetime = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)
+    sample_size: int = 4096
+    sessions: list[str] = field(default_factory=list)
+    samples: list[Turn] = field(default_factory=list)
+
+    def turns(self) -> Iterator[Turn]:
+        """Yield ``count`` turns in the order a store would accept them."""
+        rng = random.Random(self.seed)
+        corpus = " ".join(rng.choices(WORDS, k=200_000))
+        self.sessions, self.samples = [], []
+        users: list[str] = []
+        live: list[_Session] = []
+        step = self.span / timedelta(microseconds=1) / max(self.count, 1)
+        now = float((self.start - _EPOCH) // timedelta(microseconds=1))
+        every = max(1, self.count // self.sample_size)
+
+        for index in range(self.count):
+            while len(live) < self.open_sessions:
+                live.append(self._open(rng, users))
+            slot = rng.randrange(len(live))
+            session = live[slot]
+            now += rng.expovariate(1.0) * step
+            turn = session.next_turn(rng, corpus, int(now))
+            if session.done:
+                live[slot] = live[-1]
+                live.pop()
+            if index % every == 0:
+                self.samples.append(turn)
+            yield turn
+
+    def _open(self, rng: random.Random, users: list[str]) -> _Session:
+        if users and rng.random() < 0.3:
+            user = rng.choice(users)
+        else:
+            user = f"user-{rng.getrandbits(40):012x}"
+            users.append(user)
+        session = f"{rng.getrandbits(128):032x}"
+        self.sessions.append(session)
+        return _Session(session, user, rng.randint(8, 60))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class _Session:
+    __slots__ = ("done", "left", "pending", "session_id", "started", "user_id")
+
+    def __init__(self, session_id: str, user_id: str, length: int) -> None:
+        self.session_id = session_id
+        self.user_id = user_id
+        self.left = length
+        self.started = False
+        self.done = False
+        self.pending: str | None = None  # tool call awaiting its result
+
+    def next_turn(self, rng: random.Random, corpus: str, now: int) -> Turn:
+        self.left -= 1
+        self.done = self.left <= 0
+        metadata: dict[str, Any] = {}
+        if not self.started:
+            self.started = True
+            if rng.random() < 0.1:
+                return self._turn("system", _text(rng, corpus, 400, 0.3), {}, now)
+        if self.pending is not None:
+            call, self.pending = self.pending, None
+            name = TOOLS[int(call[-1], 16) % len(TOOLS)]
+            metadata = {"tool_call_id": call, "name": name}
+            return self._turn("tool", _text(rng, corpus, 300, 0.6), metadata, now)
+        if rng.random() < 0.5:
+            return self._turn("user", _text(rng, corpus, 70, 0.8), {}, now)
+        if rng.random() < 1 / 12 and not self.done:
+            call = f"call_{rng.getrandbits(64):016x}"
+            self.pending = call
+            metadata = {
+                "tool_calls": [
+                    {
+                        "id": call,
+                        "type": "function",
+                        "function": {
+                            "name": TOOLS[int(call[-1], 16) % len(TOOLS)],
+                            "arguments": f'{{"order_id": "{rng.randrange(10**8)}"}}',
+                        },
+                    }
+                ]
+            }
+            return self._turn("assistant", "", metadata, now)
+        return self._turn("assistant", _text(rng, corpus, 320, 0.7), {}, now)
+
+    def _turn(self, role: str, content: str, meta: dict[str, Any], now: int) -> Turn:
+        return Turn(self.session_id, self.user_id, role, content, meta, now)
+
+
+def _text(rng: random.Random, corpus: str, median: int, sigma: float) -> str:
+    length = min(6000, max(2, int(rng.lognormvariate(math.log(median), sigma))))
+    begin = rng.randrange(len(corpus) - length)
+    return corpus[begin : begin + length]
+
+
+# -- timing ---------------------------------------------------------------
+
+
+def timed(operation: Callable[[Any], object], items: Iterable[Any]) -> list[int]:
+    """Call ``operation(item)`` for each item; return nanoseconds each.
+
+    The clock reads cost about 0.1 us per call and are included in every
+    case alike. Build the items before calling, so that making the
+    arguments is not timed.
+    """
+    clock = time.perf_counter_ns
+    elapsed = []
+    for item in items:
+        begin = clock()
+        operation(item)
+        elapsed.append(clock() - begin)
+    return elapsed
+
+
+@dataclass
+class Figure:
+    """Every timed call of one case, and the figures drawn from them.
+
+    ``unit`` is how many messages one call handles (1000 for a batch of
+    1000), so that :attr:`rate` is in messages per second.
+    """
+
+    name: str
+    unit: int = 1
+    calls_ns: list[int] = field(default_factory=list)
+    rounds: int = 0
+
+    @property
+    def median_us(self) -> float:
+        """Median time of one call, in microseconds."""
+        return statistics.median(self.calls_ns) / 1000
+
+    @property
+    def p99_us(self) -> float:
+        """99th percentile of one call, in microseconds."""
+        return percentile(self.calls_ns, 99) / 1000
+
+    @property
+    def rate(self) -> float:
+        """Messages per second at the median call time."""
+        return self.unit * 1e6 / self.median_us
+
+    @property
+    def mean_rate(self) -> float:
+        """Messages per second over all calls, slow ones included."""
+        return self.unit * len(self.calls_ns) * 1e9 / sum(self.calls_ns)
+
+    @property
+    def reps(self) -> int:
+        """How many calls were timed."""
+        return len(self.calls_ns)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Return the q-th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def interleave(
+    cases: dict[str, Callable[[int], list[int]]],
+    rounds: int,
+    *,
+    warmup: int = 1,
+    units: dict[str, int] | None = None,
+) -> dict[str, Figure]:
+    """Run each case once per round, round-robin, and gather its calls.
+
+    A case is called with the round number and returns the nanoseconds of
+    each call it made, so every case can take its own seeded arguments per
+    round. The first ``warmup`` rounds fill caches and are not kept.
+    """
+    units = units or {}
+    figures = {name: Figure(name, units.get(name, 1)) for name in cases}
+    for number in range(warmup + rounds):
+        for name, case in cases.items():
+            calls = case(number)
+            if number >= warmup:
+                figures[name].calls_ns.extend(calls)
+                figures[name].rounds += 1
+    return figures
+
+
+def ratio(subject: float, baseline: float) -> str:
+    """Return ``subject / baseline`` as ``1.23x``."""
+    return f"{subject / baseline:.2f}x"
+
+
+def settle() -> None:
+    """Collect garbage and freeze what survives.
+
+    Benchmarks keep millions of objects alive (a peer library's messages);
+    frozen, they no longer make every later collection slower, so one
+    case's heap does not tax the next case's timings.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+# -- reporting ------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Return a markdown table, numbers right-aligned."""
+    text = [[str(cell) for cell in row] for row in rows]
+    right = [
+        all(_numeric(row[i]) for row in text if row[i] not in ("", "-", "n/a"))
+        for i in range(len(headers))
+    ]
+    lines = ["| " + " | ".join(headers) + " |"]
+    lines.append(
+        "|" + "|".join("---:" if r else "---" for r in right) + "|",
+    )
+    lines.extend("| " + " | ".join(row) + " |" for row in text)
+    return "\n".join(lines)
+
+
+def _numeric(cell: str) -> bool:
+    return bool(cell) and (cell[0].isdigit() or cell[0] in "+-.")
+
+
+def machine() -> str:
+    """Describe the run's conditions in one line."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average at start {load}"
+    )
+
+
+def command_line() -> str:
+    """Return the command that started this run, as typed."""
+    script = os.path.relpath(sys.argv[0])
+    return " ".join([".venv/bin/python", script, *sys.argv[1:]])
