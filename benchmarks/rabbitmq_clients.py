@@ -165,6 +165,7 @@ class _PikaBatches:
             params,
             on_open_callback=self._opened,
             on_open_error_callback=self._failed,
+            on_close_callback=self._closed,
         )
         self.conn.ioloop.start()
         if self.error is not None:
@@ -172,6 +173,10 @@ class _PikaBatches:
 
     def _failed(self, conn: Any, error: BaseException) -> None:
         self.error = error
+        conn.ioloop.stop()
+
+    def _closed(self, conn: Any, reason: BaseException) -> None:
+        # close() runs the loop until the connection is closed.
         conn.ioloop.stop()
 
     def _opened(self, conn: Any) -> None:
@@ -325,7 +330,8 @@ def broker(args: argparse.Namespace) -> tuple[Any, str, int, int]:
         return None, args.host, args.stream_port, args.amqp_port
     from tests.servers import RabbitMQServer
 
-    server = RabbitMQServer.launch()
+    server = RabbitMQServer()
+    server.start()
     return server, server.host, server.stream_port, server.amqp_port
 
 
@@ -345,7 +351,7 @@ def main() -> None:
         report(args, host, stream_port, amqp_port)
     finally:
         if server is not None:
-            server.destroy()
+            server.close()
 
 
 def report(
