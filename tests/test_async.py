@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -306,6 +307,135 @@ def test_slow_operations_do_not_block_the_loop(url: str) -> None:
     assert took > 0.2
     assert free.worst < took / 4
     assert free.beats >= took / 0.05
+
+
+class LoopWatch(Heartbeat):
+    """Detects a blocked event loop in two independent ways.
+
+    The heartbeat's lag, and asyncio's debug mode, which reports every
+    callback that holds the loop longer than ``slow_callback_duration``.
+    """
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.slow: list[str] = []
+        self._handler = _Collect(self.slow)
+
+    async def __aenter__(self) -> LoopWatch:
+        loop = asyncio.get_running_loop()
+        self._debug = loop.get_debug()
+        self._duration = loop.slow_callback_duration
+        loop.set_debug(True)
+        loop.slow_callback_duration = self.threshold
+        logging.getLogger("asyncio").addHandler(self._handler)
+        await super().__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await super().__aexit__(*exc)
+        logging.getLogger("asyncio").removeHandler(self._handler)
+        loop = asyncio.get_running_loop()
+        loop.set_debug(self._debug)
+        loop.slow_callback_duration = self._duration
+
+    def assert_never_blocked(self) -> None:
+        assert self.beats > 0
+        assert self.worst < self.threshold, f"loop lagged {self.worst:.3f} s"
+        assert self.slow == []
+
+    def assert_blocked(self, at_least: float) -> None:
+        assert self.worst >= at_least
+        assert any("took" in line for line in self.slow), self.slow
+
+
+class _Collect(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+class LatentMemory(ArenaMemory):
+    """An in-process store whose every call takes ``LATENCY`` seconds.
+
+    Each public method starts by checking that the store is open; the
+    wait goes there and blocks the calling thread, as a round trip to a
+    distant server would. A call made on the event loop's thread then
+    stalls the loop for at least ``LATENCY``, whatever the machine's
+    speed, which makes blocking unmistakable to :class:`LoopWatch`.
+    """
+
+    def _check_open(self) -> None:
+        time.sleep(LATENCY)
+        super()._check_open()
+
+
+#: How long each call of a LatentMemory takes.
+LATENCY = 0.15
+
+
+def watch_loop() -> LoopWatch:
+    """A LoopWatch that flags any stall of half a store call or more."""
+    return LoopWatch(threshold=LATENCY / 2)
+
+
+def run_watched(main: Callable[[], Awaitable[T]]) -> T:
+    """Run ``main`` with garbage collection off, as the heartbeat needs."""
+    # A full collection pauses every thread for tens of milliseconds in
+    # pytest's large heap and would be counted against the store.
+    gc.disable()
+    try:
+        return asyncio.run(_call(main))
+    finally:
+        gc.enable()
+
+
+async def _call(main: Callable[[], Awaitable[T]]) -> T:
+    return await main()
+
+
+def test_the_detector_sees_a_store_call_on_the_loop() -> None:
+    async def main() -> None:
+        memory = AsyncChatMemory(LatentMemory())
+        async with watch_loop() as watch:
+            memory.sync.history("s1")  # on the loop's own thread
+        watch.assert_blocked(at_least=LATENCY * 0.9)
+
+    run_watched(main)
+
+
+def test_no_call_blocks_the_loop_even_on_a_slow_store() -> None:
+    async def main() -> None:
+        memory = AsyncChatMemory(LatentMemory(capacity_bytes=1 << 20))
+        async with watch_loop() as watch:
+            first = await memory.add("s1", "user", "hi", user_id="u1")
+            assert first.id is not None
+            await memory.add_messages(
+                [Message(session_id="s1", role="assistant", content="hello")]
+            )
+            await memory.store(Message(session_id="s2", role="user", content="x"))
+            await memory.get(first.id)
+            await memory.retrieve(first.id)
+            await memory.history("s1", last=1)
+            await memory.history_window("s1", 100)
+            await memory.query(user_id="u1")
+            await memory.sessions()
+            await memory.count()
+            allocation = await memory.allocate(10)
+            await memory.release(allocation)
+            await memory.stats()
+            await memory.max_messages(100)
+            await memory.remaining_messages(100)
+            await memory.delete(first.id)
+            await memory.delete_user("u1")
+            await memory.delete_session("s1")
+            await memory.close()
+        watch.assert_never_blocked()
+
+    run_watched(main)
 
 
 def test_calls_run_concurrently_up_to_the_bound(url: str) -> None:
