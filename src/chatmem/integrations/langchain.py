@@ -47,16 +47,22 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from langchain_core.chat_history import BaseChatMessageHistory
-from langchain_core.messages import (
-    AIMessage,
-    BaseMessage,
-    ChatMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
-    messages_from_dict,
-)
+try:
+    from langchain_core.chat_history import BaseChatMessageHistory
+    from langchain_core.messages import (
+        AIMessage,
+        BaseMessage,
+        ChatMessage,
+        HumanMessage,
+        SystemMessage,
+        ToolMessage,
+        messages_from_dict,
+    )
+except ImportError as exc:
+    raise ImportError(
+        "chatmem.integrations.langchain needs langchain-core: "
+        "pip install 'chatmem[langchain]'."
+    ) from exc
 
 from chatmem.aio import AsyncChatMemory
 from chatmem.base import BaseChatMessageMemory

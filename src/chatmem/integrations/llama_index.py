@@ -53,19 +53,25 @@ import json
 import typing
 from typing import Any
 
-from llama_index.core.base.llms.types import (
-    ContentBlock,
-    TextBlock,
-    ToolCallBlock,
-)
-from llama_index.core.bridge.pydantic import (
-    BaseModel,
-    PrivateAttr,
-    TypeAdapter,
-    ValidationError,
-)
-from llama_index.core.llms import ChatMessage, MessageRole
-from llama_index.core.storage.chat_store.base import BaseChatStore
+try:
+    from llama_index.core.base.llms.types import (
+        ContentBlock,
+        TextBlock,
+        ToolCallBlock,
+    )
+    from llama_index.core.bridge.pydantic import (
+        BaseModel,
+        PrivateAttr,
+        TypeAdapter,
+        ValidationError,
+    )
+    from llama_index.core.llms import ChatMessage, MessageRole
+    from llama_index.core.storage.chat_store.base import BaseChatStore
+except ImportError as exc:
+    raise ImportError(
+        "chatmem.integrations.llama_index needs llama-index-core: "
+        "pip install 'chatmem[llama-index]'."
+    ) from exc
 
 from chatmem.aio import AsyncChatMemory
 from chatmem.base import BaseChatMessageMemory

@@ -54,8 +54,14 @@ import copy
 import json
 from typing import Any, cast
 
-from agents.items import TResponseInputItem
-from agents.memory.session_settings import SessionSettings, coerce_session_settings
+try:
+    from agents.items import TResponseInputItem
+    from agents.memory.session_settings import SessionSettings, coerce_session_settings
+except ImportError as exc:
+    raise ImportError(
+        "chatmem.integrations.openai_agents needs openai-agents: "
+        "pip install 'chatmem[openai-agents]'."
+    ) from exc
 
 from chatmem.aio import AsyncChatMemory
 from chatmem.base import BaseChatMessageMemory
