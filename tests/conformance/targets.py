@@ -76,6 +76,13 @@ def kafka_target(request: pytest.FixtureRequest, tmp: Path) -> Target:
     return Target("kafka", url, persistent=True)
 
 
+def rabbitmq_target(request: pytest.FixtureRequest, tmp: Path) -> Target:
+    # A stream per test: fresh and empty, on the one node of the run.
+    server = request.getfixturevalue("rabbitmq_server")
+    url = f"{server.url.rstrip('/')}/{unique('conformance')}"
+    return Target("rabbitmq", url, persistent=True)
+
+
 def unique(prefix: str) -> str:
     """Return a name no other test uses."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
@@ -87,4 +94,5 @@ TARGETS: dict[str, Callable[[pytest.FixtureRequest, Path], Target]] = {
     "postgres": postgres_target,
     "redis": redis_target,
     "kafka": kafka_target,
+    "rabbitmq": rabbitmq_target,
 }
