@@ -17,7 +17,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from chatmem.base import BaseChatMessageMemory, BaseMemory
-from chatmem.budget import POLICIES, Allocation, MemoryStats
+from chatmem.budget import POLICIES, Allocation, MemoryStats, TierStats
 from chatmem.errors import (
     BackendUnavailable,
     CapacityExceeded,
@@ -29,6 +29,7 @@ from chatmem.errors import (
 )
 from chatmem.message import ROLES, Message
 from chatmem.registry import known_schemes, open_url
+from chatmem.tiered import TieredMemory
 
 if TYPE_CHECKING:
     from chatmem.aio import AsyncChatMemory
@@ -47,6 +48,8 @@ __all__ = [
     "Message",
     "MessageNotFound",
     "StoreClosed",
+    "TierStats",
+    "TieredMemory",
     "UnknownBackend",
     "known_schemes",
     "open",
@@ -72,6 +75,13 @@ def open(url: str | None = None, **options: Any) -> BaseChatMessageMemory:
     ``policy`` (``reject``, ``evict-oldest``, ``evict-lru-session``),
     ``retention`` (a ``timedelta``) and ``max_message_bytes`` (default
     1 MiB). Raises :class:`UnknownBackend` for an unknown scheme.
+
+    ``cache_bytes=N`` puts a hot tier of N bytes in process memory in
+    front of a persistent backend (:class:`TieredMemory`): recent
+    sessions' newest messages are read from there, every write still goes
+    to the backend first. ``cache_staleness`` (a ``timedelta``) lets the
+    tier serve a session without checking it against the backend within
+    that age.
     """
     if url is None:
         url = os.environ.get("CHATMEM_URL") or DEFAULT_URL

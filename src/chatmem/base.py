@@ -520,6 +520,37 @@ class BaseChatMessageMemory(BaseMemory):
         """Return a short description for repr, never with credentials."""
         return f"namespace={self.namespace!r}"
 
+    def _touch(self, session_id: str) -> None:
+        """Mark a session used, for ``evict-lru-session``.
+
+        A hot tier that served a read without the backend calls it, so the
+        read still counts as a use; a store without that policy needs
+        nothing here.
+        """
+
+    def _session_state(
+        self, session_id: str, first: str, last: str
+    ) -> tuple[int, bool, bool]:
+        """Return what a hot tier needs to check its copy of a session.
+
+        The copy is the run of the session's messages from ``first`` to
+        ``last``, as ``history`` returns them (retention applied). Return
+        how many messages the session holds from ``first`` on, whether
+        one follows ``last`` (or ``last`` is gone), and whether one
+        precedes ``first``; 0 messages when ``first`` is gone. This
+        default asks ``_history`` twice; a backend overrides it with one
+        cheap read.
+        """
+        try:
+            rest = self._history(session_id, None, first, None, False)
+        except MessageNotFound:
+            return 0, True, True
+        newer = bool(rest) and rest[-1].id != last
+        if not rest and first != last:
+            newer = True
+        older = self._history(session_id, first, None, 1, True)
+        return 1 + len(rest), newer, bool(older)
+
     @abstractmethod
     def _transaction(self) -> AbstractContextManager[Any]:
         """Return a context in which a write is atomic and isolated."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from chatmem.errors import CapacityExceeded, InvalidMessage
 
-__all__ = ["POLICIES", "Allocation", "Budget", "MemoryStats"]
+__all__ = ["POLICIES", "Allocation", "Budget", "MemoryStats", "TierStats"]
 
 POLICIES: tuple[str, ...] = ("reject", "evict-oldest", "evict-lru-session")
 
@@ -48,6 +48,26 @@ class Allocation:
 
 
 @dataclass(frozen=True, slots=True)
+class TierStats:
+    """Figures of a hot tier (``chatmem.open(url, cache_bytes=N)``).
+
+    ``used_bytes`` is what the cached messages take of ``capacity_bytes``;
+    ``hits`` and ``misses`` count reads the tier answered and reads it
+    passed to the backend, and ``evictions`` sessions it dropped for room,
+    all since the store was opened.
+    """
+
+    capacity_bytes: int
+    used_bytes: int
+    message_count: int
+    session_count: int
+    hits: int
+    misses: int
+    hit_ratio: float
+    evictions: int
+
+
+@dataclass(frozen=True, slots=True)
 class MemoryStats:
     """Capacity figures for a whole store, across all namespaces.
 
@@ -63,6 +83,9 @@ class MemoryStats:
     message_count: int
     fragmentation: float
     message_overhead: int
+    #: The hot tier's figures when the store was opened with
+    #: ``cache_bytes``, else None.
+    hot_tier: TierStats | None = None
 
     def max_messages(self, size: int) -> int | None:
         """Return n = M / (s + o), or None for an unbounded store."""

@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any, cast
 
 from chatmem.base import BaseChatMessageMemory
-from chatmem.errors import UnknownBackend
+from chatmem.errors import InvalidMessage, UnknownBackend
 
 __all__ = ["BUILTIN", "backend_class", "known_schemes"]
 
@@ -91,4 +91,20 @@ def open_url(url: str, **options: Any) -> BaseChatMessageMemory:
             f"The backend class {cls.__name__} for {scheme!r} has no "
             "from_url(url, **options) constructor."
         )
-    return cast(BaseChatMessageMemory, from_url(url, **options))
+    cache_bytes = options.pop("cache_bytes", None)
+    cache_staleness = options.pop("cache_staleness", None)
+    if cache_bytes is None:
+        if cache_staleness is not None:
+            raise InvalidMessage("cache_staleness needs cache_bytes: a hot tier.")
+        return cast(BaseChatMessageMemory, from_url(url, **options))
+
+    # The hot tier wraps whatever the scheme opened; backends know
+    # nothing of it.
+    from chatmem.tiered import TieredMemory
+
+    store = cast(BaseChatMessageMemory, from_url(url, **options))
+    try:
+        return TieredMemory(store, cache_bytes, cache_staleness)
+    except BaseException:
+        store.close()
+        raise

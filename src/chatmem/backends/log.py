@@ -88,7 +88,7 @@ import threading
 import time
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -423,6 +423,13 @@ class LogMemory(BaseChatMessageMemory):
         self.replayed_records = 0
         #: Records the tail applied since open, the replay included.
         self.applied_records = 0
+        #: Called with each run of (partition, position, entry) applied to
+        #: the index and whether it holds this store's own records applied
+        #: ahead of the tail; under the index lock, before it commits. A
+        #: hot tier drops what they change.
+        self.on_applied: list[
+            Callable[[Sequence[tuple[int, int, Entry]], bool], None]
+        ] = []
 
         try:
             self._open()
@@ -892,7 +899,7 @@ class LogMemory(BaseChatMessageMemory):
     def _apply(
         self,
         conn: sqlite3.Connection,
-        located: Iterable[tuple[int, int, Entry]],
+        located: Sequence[tuple[int, int, Entry]],
         ahead: bool,
     ) -> None:
         """Apply entries at their (partition, position) to the index.
@@ -933,6 +940,8 @@ class LogMemory(BaseChatMessageMemory):
             self._apply_control(conn, part, pos, entry, ahead)
         if rows:
             conn.executemany(INSERT_ROW, rows)
+        for listener in self.on_applied:
+            listener(located, ahead)
 
     def _suppressed(self, fields: tuple[Any, ...], part: int, pos: int) -> bool:
         if fields[0] in self._erased:

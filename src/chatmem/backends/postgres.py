@@ -773,6 +773,29 @@ class PostgresMemory(BaseChatMessageMemory):
                 return seq
         raise MessageNotFound(cursor)
 
+    def _session_state(
+        self, session_id: str, first: str, last: str
+    ) -> tuple[int, bool, bool]:
+        low, high = _seq(first), _seq(last)
+        if low is None or high is None:
+            return 0, True, True
+        # One statement, so one snapshot; the count walks only the run.
+        where = "ns = %s AND session = %s"
+        params: list[Any] = [self.namespace, session_id]
+        cutoff = self._cutoff()
+        if cutoff is not None:
+            where += " AND created_at >= %s"
+            params.append(cutoff)
+        table = self._names["messages"]
+        sql = (
+            f"SELECT count(*), max(seq), (SELECT min(seq) FROM {table}"
+            f" WHERE {where}) FROM {table} WHERE {where} AND seq >= %s"
+        )
+        inside, newest, oldest = self._read(sql, [*params, *params, low])[0]
+        if not inside:
+            return 0, True, True
+        return int(inside), newest > high, oldest < low
+
     def _query(
         self,
         session_id: str | None,

@@ -1044,6 +1044,39 @@ class RedisMemory(BaseChatMessageMemory):
         rows = reply[1]
         return rows
 
+    def _session_state(
+        self, session_id: str, first: str, last: str
+    ) -> tuple[int, bool, bool]:
+        low, high = _seq(first), _seq(last)
+        if low is None or high is None:
+            return 0, True, True
+        if self.retention is not None:
+            # Expired messages stay in the sorted set until a write trims
+            # them and reads skip them: only the reads can tell.
+            return super()._session_state(session_id, first, last)
+        key = self._key("h:", session_id)
+
+        def ask() -> list[Any]:
+            # Three O(log n) counts by score (the id), one round trip and
+            # one snapshot.
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zcount(key, low, "+inf")
+            pipe.zcount(key, f"({high}", "+inf")
+            pipe.zcount(key, "-inf", f"({low}")
+            replies: list[Any] = pipe.execute()
+            return replies
+
+        inside, newer, older = self._run(ask)
+        return int(inside), int(newer) > 0, int(older) > 0
+
+    def _touch(self, session_id: str) -> None:
+        if self._touching:
+            # The history function marks the session used as it reads one
+            # message: one round trip, atomic with the mark.
+            self._history_rows(
+                self._key("h:", session_id), session_id, None, None, 1, True, False
+            )
+
     def _query(
         self,
         session_id: str | None,

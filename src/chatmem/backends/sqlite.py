@@ -504,6 +504,29 @@ class SQLiteMemory(BaseChatMessageMemory):
                 return seq
         raise MessageNotFound(cursor)
 
+    def _session_state(
+        self, session_id: str, first: str, last: str
+    ) -> tuple[int, bool, bool]:
+        low, high = _seq(first), _seq(last)
+        if low is None or high is None:
+            return 0, True, True
+        # One statement, so one snapshot; the count walks only the run.
+        where = "ns = ? AND session = ?"
+        params: list[Any] = [self.namespace, session_id]
+        cutoff = self._cutoff()
+        if cutoff is not None:
+            where += " AND created_at >= ?"
+            params.append(cutoff)
+        table = "messages INDEXED BY messages_by_session"
+        sql = (
+            f"SELECT count(*), max(seq), (SELECT min(seq) FROM {table}"
+            f" WHERE {where}) FROM {table} WHERE {where} AND seq >= ?"
+        )
+        inside, newest, oldest = self._read(sql, [*params, *params, low])[0]
+        if not inside:
+            return 0, True, True
+        return int(inside), newest > high, oldest < low
+
     def _query(
         self,
         session_id: str | None,
