@@ -71,6 +71,11 @@ class Backend:
     fault_timeout: float = 2.0
     #: Keyword options that bound the time and retries of a call.
     fault_options: dict[str, Any] = field(default_factory=dict)
+    #: Reads are served by a local index, without the server.
+    reads_local: bool = False
+    #: Writes per round of the connection-cut test; a cut costs a log
+    #: client a reconnect backoff, so the log backends do fewer.
+    cut_writes: int = 60
 
 
 def unique(prefix: str) -> str:
@@ -137,6 +142,8 @@ BACKENDS: dict[str, Backend] = {
         # Tansu keeps topics in memory: a restarted broker is empty.
         server_keeps_data=False,
         fault_options={"timeout": 2.0},
+        reads_local=True,
+        cut_writes=12,
     ),
 }
 
