@@ -247,15 +247,28 @@ class BaseChatMessageMemory(BaseMemory):
         :class:`CapacityExceeded` when the budget cannot take it; in both
         cases nothing is stored.
         """
-        message = Message(
-            session_id=session_id,
-            role=role,
-            content=content,
-            user_id=user_id,
-            metadata={} if metadata is None else metadata,
-            created_at=created_at,
+        self._check_open()
+        # The same checks as add_messages, without building the batch: one
+        # add is the call chat applications make most.
+        message = tuple.__new__(
+            Message,
+            (
+                None,
+                session_id,
+                role,
+                content,
+                user_id,
+                created_at,
+                {} if metadata is None else metadata,
+            ),
         )
-        return self.add_messages([message])[0]
+        try:
+            item = prepare(message, self.max_message_bytes, datetime.now(UTC))
+        except InvalidMessage as exc:
+            raise InvalidMessage(
+                f"Message 0 of the batch: {exc} Nothing was stored."
+            ) from None
+        return self._write([item])[0]
 
     def add_messages(self, messages: Iterable[Message]) -> list[Message]:
         """Store several messages atomically: all of them or none.
@@ -284,12 +297,12 @@ class BaseChatMessageMemory(BaseMemory):
         return stored.id
 
     def _write(self, prepared: list[Prepared]) -> list[Message]:
-        incoming = sum(p.size for p in prepared)
-        incoming += self.message_overhead * len(prepared)
         with self._transaction():
-            self._maybe_purge()
+            if self.retention is not None:
+                self._maybe_purge()
             if self._budget.bounded:
-                self._make_room(incoming)
+                incoming = sum(p.size for p in prepared)
+                self._make_room(incoming + self.message_overhead * len(prepared))
             return self._insert(prepared)
 
     def _make_room(self, incoming: int) -> None:

@@ -326,29 +326,85 @@ class SQLiteMemory(BaseChatMessageMemory):
 
     # -- writing ---------------------------------------------------------
 
+    def _write(self, prepared: list[Prepared]) -> list[Message]:
+        # One INSERT in autocommit mode is a transaction of its own, as
+        # atomic and as durable as BEGIN, INSERT, COMMIT, and two statements
+        # cheaper. It serves one message into a store with nothing to do
+        # first: no budget to check, no expired messages to purge and no
+        # marks of use to flush.
+        if (
+            len(prepared) > 1
+            or self._budget.bounded
+            or self.retention is not None
+            or self._touched
+            or self._shared is not None
+        ):
+            return super()._write(prepared)
+        self._check_open()
+        conn = self._conn
+        row = self._row(prepared[0])
+        deadline = time.monotonic() + self.timeout
+        delay = 0.001
+        while True:
+            try:
+                cursor = conn.execute(INSERT, row)
+                break
+            except sqlite3.OperationalError as exc:
+                # A statement that failed left nothing behind, unless
+                # SQLite kept its transaction open to let it be retried.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise BackendUnavailable(
+                        f"SQLite could not write to {self.path!r} within "
+                        f"{self.timeout:g} s: {exc}."
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        return [with_id(prepared[0].message, str(cursor.lastrowid))]
+
+    def _row(self, item: Prepared) -> tuple[Any, ...]:
+        message = item.message
+        return (
+            self.namespace,
+            message.session_id,
+            message.user_id,
+            ROLE_CODES[message.role],
+            to_micros(message[5]),
+            item.size + self.message_overhead,
+            message.content,
+            item.metadata_json,
+        )
+
     def _insert(self, prepared: Sequence[Prepared]) -> list[Message]:
         conn = self._conn
-        ns = self.namespace
-        overhead = self.message_overhead
-        stored = []
-        for item in prepared:
-            message = item.message
-            assert message.created_at is not None
-            cursor = conn.execute(
-                INSERT,
-                (
-                    ns,
-                    message.session_id,
-                    message.user_id,
-                    ROLE_CODES[message.role],
-                    to_micros(message.created_at),
-                    item.size + overhead,
-                    message.content,
-                    item.metadata_json,
-                ),
-            )
-            stored.append(with_id(message, str(cursor.lastrowid)))
-        return stored
+        if len(prepared) == 1:
+            cursor = conn.execute(INSERT, self._row(prepared[0]))
+            return [with_id(prepared[0].message, str(cursor.lastrowid))]
+
+        # executemany runs the batch in one statement loop but reports no
+        # row ids. The write lock is held, every new id exceeds the largest
+        # so far, and ids rise in insertion order: when the last id is the
+        # old largest plus the batch's length, the ids are exactly that
+        # range. Otherwise (ids left unused by deletes) they are read back.
+        found = conn.execute("SELECT max(seq) FROM messages").fetchone()
+        largest = found[0] if found and found[0] is not None else 0
+        conn.executemany(INSERT, [self._row(item) for item in prepared])
+        last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        if last - largest == len(prepared):
+            seqs: Sequence[int] = range(largest + 1, last + 1)
+        else:
+            seqs = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT seq FROM messages WHERE seq > ? ORDER BY seq",
+                    (largest,),
+                )
+            ]
+        return [
+            with_id(item.message, str(seq))
+            for item, seq in zip(prepared, seqs, strict=True)
+        ]
 
     def _flush_touches(self, conn: sqlite3.Connection) -> None:
         if not self._touched:
