@@ -45,6 +45,9 @@ file ``path`` no longer exists reads back unchecked (llama-index would
 refuse to build it) so that the rest of the history still loads.
 ``delete_message`` and ``delete_last_message`` read only the message
 they delete; ``delete_messages`` reads the session once to return it.
+The chat store serializes to its class name alone (it holds a
+connection, not data), so ``ChatMemoryBuffer.from_string`` cannot
+rebuild it; build the buffer again with ``ChatMemoryStore(memory)``.
 """
 
 from __future__ import annotations
