@@ -74,7 +74,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -240,9 +241,25 @@ class KafkaDriver(LogDriver):
 
     def log_id(self, refresh: bool = False) -> str:
         if refresh:
-            with self._lock:
-                self._ensure_topic(time.monotonic() + self.timeout)
+            deadline = time.monotonic() + self.timeout
+            with self._holding(deadline):
+                self._ensure_topic(deadline)
         return self._log_id
+
+    @contextmanager
+    def _holding(self, deadline: float) -> Iterator[None]:
+        # The tail's identity check and a writer's recovery both hold the
+        # lock for up to a timeout while the broker is away; waiting for
+        # it must count against the caller's own timeout.
+        if not self._lock.acquire(timeout=_remaining(deadline)):
+            raise BackendUnavailable(
+                f"Kafka timed out: the brokers at {self.servers} did not "
+                f"answer within {self.timeout:g} s."
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def index_name(self) -> str:
         safe = self.topic.replace(".", "_")
@@ -272,8 +289,8 @@ class KafkaDriver(LogDriver):
             ) from exc
 
     def publish(self, records: Sequence[Outgoing]) -> list[int | None]:
-        with self._lock:
-            deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self.timeout
+        with self._holding(deadline):
             if self._suspect or self._producer is None:
                 self._recover(deadline)
             producer = self._producer
@@ -322,7 +339,7 @@ class KafkaDriver(LogDriver):
                         # The local queue is full: let deliveries drain it.
                         _check_deadline(deadline, "the producer queue stayed full")
                         producer.poll(0.05)
-            left = producer.flush(_remaining(deadline) + 1.0)
+            left = producer.flush(_remaining(deadline))
         except (KafkaException, SystemError) as exc:
             raise BackendUnavailable(
                 f"Kafka refused the write to {topic!r}: {_reason(exc)}."
@@ -363,6 +380,12 @@ class KafkaDriver(LogDriver):
                         "enable.partition.eof": True,
                         "auto.offset.reset": "earliest",
                         "allow.auto.create.topics": False,
+                        # A fetch that covers a partition at its end may
+                        # be held this long (Tansu holds it the whole
+                        # time): the librdkafka default of 500 ms made a
+                        # replay about three times slower and stretched
+                        # the tail's lag. Ten fetches a second when idle.
+                        "fetch.wait.max.ms": 100,
                         **extra,
                     }
                 )
