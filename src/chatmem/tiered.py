@@ -175,6 +175,11 @@ class TieredMemory(BaseChatMessageMemory):
         # tail) keeps the tier as fresh as itself: no check per read.
         listeners: list[Any] | None = getattr(backend, "on_applied", None)
         self._listeners = listeners
+        # Ids the log backend makes start with its writer id: records with
+        # it are this store's own, which the tier learns of from _write,
+        # also when they reach the index through the tail (RabbitMQ).
+        writer = getattr(backend, "_writer", None)
+        self._own = f"{writer}-" if isinstance(writer, str) and writer else None
         if listeners is not None:
             listeners.append(self._applied)
 
@@ -235,7 +240,16 @@ class TieredMemory(BaseChatMessageMemory):
         sessions = {item.message.session_id for item in prepared}
         with self._lock:
             before = {s: self._stamp(s) for s in sessions}
-        stored = self.backend._write(prepared)
+        try:
+            stored = self.backend._write(prepared)
+        except BaseException:
+            # A write that failed may still have been stored (a lost
+            # reply, a log that took it late): forget these sessions.
+            with self._lock:
+                for session in sessions:
+                    self._drop(session)
+                    self._bump(session)
+            raise
 
         # Acknowledged: now the tier may learn of it. A session another
         # change touched meanwhile (a concurrent write of this process, an
@@ -470,6 +484,8 @@ class TieredMemory(BaseChatMessageMemory):
                 if kind == "m":
                     fields, batch = entry[1], entry[3]
                     if ahead or fields[1] != ns or fields[0] in self._where:
+                        continue
+                    if self._own is not None and fields[0].startswith(self._own):
                         continue
                     session = fields[2]
                     if batch is not None:
