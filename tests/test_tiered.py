@@ -442,3 +442,20 @@ def test_concurrent_writers_through_the_tier_keep_order(checked: Target) -> None
         thread.join()
     assert errors == []
     assert store.history("shared", last=500) == checked.open().history("shared")
+
+
+def test_cli_stats_shows_the_hot_tier(
+    sqlite: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from argparse import Namespace
+
+    from chatmem.cli import cmd_stats
+
+    store = sqlite.open(cache_bytes=TIER)
+    store.add("s1", "user", "hello")
+    store.history("s1", last=20)
+    store.history("s1", last=20)
+    assert cmd_stats(store, Namespace(size=100)) == 0
+    out = capsys.readouterr().out
+    assert "hot tier " in out and "of 1.0 MiB, 1 messages of 1 sessions" in out
+    assert "50.0% hits (1 of 2), 0 sessions evicted" in out

@@ -187,6 +187,19 @@ def cmd_stats(memory: BaseChatMessageMemory, args: argparse.Namespace) -> int:
     else:
         rows.append((f"n = M / (s + o) (s={size} B)", f"{n:,} messages"))
         rows.append(("n' = what still fits", f"{left:,} messages"))
+    tier = stats.hot_tier
+    if tier is not None:
+        held = f"{tier.message_count:,} messages of {tier.session_count:,} sessions"
+        used = f"{_size(tier.used_bytes)} of {_size(tier.capacity_bytes)}"
+        reads = tier.hits + tier.misses
+        rows.append(("hot tier", f"{used}, {held}"))
+        rows.append(
+            (
+                "hot tier reads",
+                f"{tier.hit_ratio:.1%} hits ({tier.hits:,} of {reads:,}), "
+                f"{tier.evictions:,} sessions evicted",
+            )
+        )
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
