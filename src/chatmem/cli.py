@@ -224,17 +224,23 @@ def cmd_export(memory: BaseChatMessageMemory, args: argparse.Namespace) -> int:
 def cmd_import(memory: BaseChatMessageMemory, args: argparse.Namespace) -> int:
     source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     messages = []
+    number = 0
     try:
         for number, line in enumerate(source, start=1):
             if not line.strip():
                 continue
             try:
                 messages.append(Message.from_dict(json.loads(line)))
-            except (ValueError, ChatMemoryError) as exc:
+            except (ValueError, RecursionError, ChatMemoryError) as exc:
+                # RecursionError: JSON nested deeper than Python recurses.
                 raise chatmem.InvalidMessage(
                     f"Line {number} of the import is not a chatmem message: "
                     f"{exc} Nothing was imported."
                 ) from None
+    except UnicodeDecodeError:
+        raise chatmem.InvalidMessage(
+            f"Line {number + 1} of the import is not UTF-8 text; nothing was imported."
+        ) from None
     finally:
         if source is not sys.stdin:
             source.close()

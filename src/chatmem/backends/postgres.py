@@ -946,7 +946,11 @@ def split_url(url: str) -> tuple[str, dict[str, Any]]:
     Raises :class:`InvalidMessage` for another scheme or an option value
     of the wrong type.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        # The message names the part at fault, never the password.
+        raise InvalidMessage(f"Not a usable PostgreSQL URL: {exc}.") from None
     if parts.scheme not in ("postgresql", "postgres"):
         raise InvalidMessage(f"Not a postgresql:// URL: {parts.scheme}://...")
     options: dict[str, Any] = {}

@@ -343,7 +343,7 @@ class SQLiteMemory(BaseChatMessageMemory):
         self._check_open()
         conn = self._conn
         row = self._row(prepared[0])
-        deadline = time.monotonic() + self.timeout
+        deadline: float | None = None
         delay = 0.001
         while True:
             try:
@@ -354,7 +354,10 @@ class SQLiteMemory(BaseChatMessageMemory):
                 # SQLite kept its transaction open to let it be retried.
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                if not _is_busy(exc) or time.monotonic() > deadline:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.timeout
+                if not _is_busy(exc) or now > deadline:
                     raise BackendUnavailable(
                         f"SQLite could not write to {self.path!r} within "
                         f"{self.timeout:g} s: {exc}."
@@ -364,15 +367,15 @@ class SQLiteMemory(BaseChatMessageMemory):
         return [with_id(prepared[0].message, str(cursor.lastrowid))]
 
     def _row(self, item: Prepared) -> tuple[Any, ...]:
-        message = item.message
+        _, session_id, role, content, user_id, created_at, _ = item.message
         return (
             self.namespace,
-            message.session_id,
-            message.user_id,
-            ROLE_CODES[message.role],
-            to_micros(message[5]),
+            session_id,
+            user_id,
+            ROLE_CODES[role],
+            to_micros(created_at),
             item.size + self.message_overhead,
-            message.content,
+            content,
             item.metadata_json,
         )
 
@@ -695,6 +698,8 @@ def path_from_url(url: str) -> str:
     if parts.netloc == ":memory:" or parts.path in ("/:memory:", ""):
         return ":memory:"
     path = unquote(parts.path)
+    if "\x00" in path:
+        raise InvalidMessage("A sqlite URL's path cannot hold a NUL character.")
     if parts.netloc:
         raise InvalidMessage(
             "A sqlite URL names a file, not a host: use sqlite:///relative.db "
