@@ -135,20 +135,22 @@ class Plan:
     seed: int = 20250106
 
 
+# Many short rounds rather than a few long ones: a burst of someone
+# else's load on the shared machine then spans every case of a round.
 FULL = Plan(
     sizes=(20_000, 1_000_000),
-    rounds=7,
-    read_calls=300,
-    add_calls=400,
-    memory_add_calls=2000,
-    batches=2,
+    rounds=21,
+    read_calls=100,
+    add_calls=150,
+    memory_add_calls=700,
+    batches=1,
 )
 QUICK = Plan(
     sizes=(20_000, 200_000),
-    rounds=3,
-    read_calls=150,
-    add_calls=200,
-    memory_add_calls=1000,
+    rounds=7,
+    read_calls=60,
+    add_calls=90,
+    memory_add_calls=400,
     batches=1,
 )
 
@@ -635,7 +637,8 @@ class Density:
     size: int
     layout: str
     chatmem: int
-    predicted: int
+    predicted: int  # max_messages of the empty store
+    predicted_live: int  # max_messages once a tenth of that is stored
     traced: int
     langchain: int
 
@@ -645,8 +648,14 @@ def incompressible(rng: random.Random, size: int) -> str:
     return base64.b64encode(rng.randbytes(size))[:size].decode()
 
 
-def arena_fill(size: int, per_session: int, with_user: bool) -> tuple[int, int, int]:
-    """Fill memory:// of 10 MiB; return (stored, predicted, traced growth)."""
+def arena_fill(
+    size: int, per_session: int, with_user: bool
+) -> tuple[int, int, int, int]:
+    """Fill memory:// of 10 MiB.
+
+    Return what it stored, ``max_messages`` asked of the empty store and
+    again once a tenth of that prediction is stored, and the traced growth.
+    """
     rng = random.Random(size)
     warm = chatmem.open("memory://", capacity_bytes=MIB)
     for i in range(200):
@@ -660,9 +669,12 @@ def arena_fill(size: int, per_session: int, with_user: bool) -> tuple[int, int, 
         before = tracemalloc.get_traced_memory()[0]
         store = chatmem.open("memory://", capacity_bytes=10 * MIB)
         predicted = store.max_messages(size) or 0
+        predicted_live = 0
         stored = 0
         try:
             while True:
+                if stored == predicted // 10:
+                    predicted_live = store.max_messages(size) or 0
                 session = f"{stored // per_session:032x}"
                 user = f"user-{stored // per_session:012x}" if with_user else None
                 store.add(session, "user", incompressible(rng, size), user_id=user)
@@ -673,7 +685,7 @@ def arena_fill(size: int, per_session: int, with_user: bool) -> tuple[int, int, 
     finally:
         tracemalloc.stop()
     store.close()
-    return stored, predicted, traced
+    return stored, predicted, predicted_live, traced
 
 
 def langchain_fill(size: int, per_session: int) -> int:
@@ -716,9 +728,9 @@ def density(plan: Plan) -> list[Density]:
                 # 100 sessions in round-robin: stored // k for k large
                 # enough that there are about 100 of them.
                 per_session = (10 * MIB // (size + 40)) // 100 + 1
-            stored, predicted, traced = arena_fill(size, per_session, with_user)
+            stored, predicted, live, traced = arena_fill(size, per_session, with_user)
             lc = langchain_fill(size, per_session)
-            found.append(Density(size, layout, stored, predicted, traced, lc))
+            found.append(Density(size, layout, stored, predicted, live, traced, lc))
     return found
 
 
@@ -868,15 +880,19 @@ def targets(results: list[SizeResult], found: list[Density]) -> str:
                     verdict(d.chatmem, ">=", bound),
                 ]
             )
-        error = abs(d.predicted - d.chatmem) / d.chatmem
-        rows.append(
-            [
-                f"max_messages({d.size}) within 5% ({d.layout})",
-                "-",
-                f"{error:.1%}",
-                verdict(error, "<=", 0.05),
-            ]
-        )
+        for when, predicted in (
+            ("empty", d.predicted),
+            ("a tenth full", d.predicted_live),
+        ):
+            error = abs(predicted - d.chatmem) / d.chatmem
+            rows.append(
+                [
+                    f"max_messages({d.size}) within 5%, {when} ({d.layout})",
+                    "-",
+                    f"{error:.1%}",
+                    verdict(error, "<=", 0.05),
+                ]
+            )
     return table(["target", "stored", "measured", "verdict"], rows)
 
 
@@ -901,8 +917,9 @@ def density_table(found: list[Density]) -> str:
                 f"{d.size} B",
                 d.layout,
                 f"{d.chatmem:,}",
-                f"{d.predicted:,}",
-                f"{(d.predicted - d.chatmem) / d.chatmem:+.1%}",
+                f"{d.predicted:,} ({(d.predicted - d.chatmem) / d.chatmem:+.1%})",
+                f"{d.predicted_live:,}"
+                f" ({(d.predicted_live - d.chatmem) / d.chatmem:+.1%})",
                 f"{d.traced / (10 * MIB):.3f}",
                 f"{d.langchain:,}",
                 f"{d.chatmem / d.langchain:.2f}x",
@@ -913,8 +930,8 @@ def density_table(found: list[Density]) -> str:
             "content",
             "layout",
             "memory:// holds",
-            "max_messages",
-            "prediction error",
+            "max_messages, empty (error)",
+            "max_messages, a tenth full (error)",
             "traced / capacity",
             "LangChain fits",
             "vs LangChain",
@@ -968,6 +985,12 @@ def report(
         "in-memory history is filled until tracemalloc shows 10 MiB of growth.",
         "Content is incompressible ASCII, one message per add. 'traced /",
         "capacity' is the real memory memory:// took, by tracemalloc.",
+        "`max_messages` is asked of the empty store, which can only count",
+        "the fixed per-message overhead, and again once a tenth of that",
+        "prediction is stored, when the overhead it uses is measured and",
+        "includes each session's and user's table entries shared out over",
+        "their messages. Sessions of 20 with a user id each cost about 30",
+        "bytes a message more than the empty store can know.",
         "",
         density_table(found),
         "",

@@ -14,7 +14,12 @@ Budget     ``capacity_bytes`` bounds the memory the store really takes:
            ``sys.getsizeof``. A message costs its content and metadata plus
            about 37 bytes (a 25-byte header, three 4-byte index entries)
            and 4 more with a user id. Sessions and users cost their name and
-           a small table entry once.
+           a small table entry once. Once the store holds messages,
+           ``stats().message_overhead`` is what its live messages cost on
+           average beyond their content and metadata, table entries shared
+           out, so ``max_messages`` predicts for the store's real mix of
+           session lengths and user ids; an empty store can only count the
+           fixed part.
 
 Layout. Messages are packed records in fixed-size segments (bytearrays)
 with an array of record addresses indexed by sequence number; sessions,
@@ -28,7 +33,9 @@ records down over them (compaction) before it considers evicting.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
+import math
 import struct
 import sys
 import threading
@@ -39,6 +46,7 @@ from datetime import datetime
 from typing import Any
 
 from chatmem.base import BaseChatMessageMemory
+from chatmem.budget import MemoryStats
 from chatmem.errors import CapacityExceeded, MessageNotFound
 from chatmem.message import (
     ROLE_CODES,
@@ -134,6 +142,26 @@ class ArenaMemory(BaseChatMessageMemory):
             + sys.getsizeof(self._names)
         )
         return occupied + large + indexes + self._table_bytes
+
+    def stats(self) -> MemoryStats:
+        """Return capacity figures, with the overhead the messages really pay.
+
+        See the reference card: past the first message, ``message_overhead``
+        is measured, so ``max_messages`` and ``remaining_messages`` count in
+        what sessions and users of this store's shape cost.
+        """
+        found = super().stats()
+        with self._lock:
+            live = self._live
+            if not live:
+                return found
+            # What is occupied beyond the content and metadata of the live
+            # messages: headers, indexes and tables. Holes left by deletes
+            # are excluded; compaction gives them back.
+            payload = self._live_bytes - HEADER.size * live
+            beyond = self._used_bytes() - self._dead_bytes - payload
+        measured = max(self.message_overhead, math.ceil(beyond / live))
+        return dataclasses.replace(found, message_overhead=measured)
 
     def _usage(self) -> tuple[int, int, float]:
         with self._lock:
