@@ -94,7 +94,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import suppress
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -232,11 +232,13 @@ class RabbitMQDriver(LogDriver):
                 await link.client.shut()
             client = await self.connect("chatmem-publisher")
             try:
-                created = await self._ensure_stream(client)
+                created = await _patiently(lambda: self._ensure_stream(client))
                 self._log_id = await self._identity(client, created)
                 link = _Link(client, self.stream)
-                await client.declare_publisher(
-                    self.stream, self.publisher_name, PUBLISHER_ID
+                await _patiently(
+                    lambda: client.declare_publisher(
+                        self.stream, self.publisher_name, PUBLISHER_ID
+                    )
                 )
                 stored = await client.query_publisher_sequence(
                     self.stream, self.publisher_name
@@ -502,9 +504,10 @@ class RabbitMQReader(LogReader):
 
     def subscribe(self) -> None:
         """Subscribe at the reader's position on a new connection."""
+        chunks: queue.SimpleQueue[schema.Deliver | None] = queue.SimpleQueue()
+        self._client = self._driver.run(self._subscribe(self._position, chunks))
+        self._chunks = chunks
         self._broken = False
-        self._chunks = queue.SimpleQueue()
-        self._client = self._driver.run(self._subscribe(self._position, self._chunks))
 
     async def _subscribe(
         self, position: int, chunks: queue.SimpleQueue[schema.Deliver | None]
@@ -575,6 +578,8 @@ class RabbitMQReader(LogReader):
         old, self._client = self._client, None
         if old is not None:
             self._driver.soon(old.shut())
+        # Stays broken until a subscription succeeds, so the next read
+        # tries again.
         self.subscribe()
         log.info("the stream tail reconnected at offset %d", self._position)
         self._trouble = True
@@ -695,6 +700,23 @@ class _Loop:
         self.thread.join(2.0)
         if not self.thread.is_alive():
             self.loop.close()
+
+
+# What a node answers while a stream's members are still starting (just
+# after a restart): worth asking again until the caller's deadline.
+TRANSIENT = (stream_errors.InternalError, stream_errors.StreamNotAvailable)
+
+
+async def _patiently(call: Callable[[], Awaitable[T]]) -> T:
+    """Await ``call()``, again while the node answers a transient error.
+
+    The caller's ``wait_for`` bounds the whole, so this needs no deadline.
+    """
+    while True:
+        try:
+            return await call()
+        except TRANSIENT:
+            await asyncio.sleep(0.1)
 
 
 def _frames(ids: dict[int, bytes], frame_max: int) -> list[schema.Publish]:
