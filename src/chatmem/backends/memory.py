@@ -234,8 +234,14 @@ class ArenaMemory(BaseChatMessageMemory):
         message = item.message
         _, session_id, role, text, user_id, created_at, metadata = message
         seq = self._next_seq
-        session = self._group(self._by_session, session_id)
-        user = None if user_id is None else self._group(self._by_user, user_id)
+        # Known groups are found inline; _group makes new ones and keeps
+        # the least-recently-used order.
+        session = self._by_session.get(session_id)
+        if session is None or self.policy == "evict-lru-session":
+            session = self._group(self._by_session, session_id)
+        user = None
+        if user_id is not None:
+            user = self._by_user.get(user_id) or self._group(self._by_user, user_id)
         created = to_micros(created_at)
         flags = ROLE_CODES[role] | (HAS_METADATA if meta else 0)
         segment, fill = self._segments[-1], fills[-1]
