@@ -134,6 +134,11 @@ INSERT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+LAST = (
+    f"SELECT {COLUMNS} FROM messages WHERE ns = ? AND session = ?"
+    " ORDER BY seq DESC LIMIT ?"
+)
+
 TOUCH = (
     "UPDATE sessions SET last_used ="
     " (SELECT seq FROM sqlite_sequence WHERE name = 'messages')"
@@ -527,6 +532,20 @@ class SQLiteMemory(BaseChatMessageMemory):
         count: int | None,
         newest: bool,
     ) -> list[Message]:
+        if (
+            newest
+            and count is not None
+            and before is None
+            and after is None
+            and self.retention is None
+        ):
+            # history(last=k), the read behind every prompt: one fixed
+            # statement rather than one assembled per call.
+            rows = self._read(LAST, (self.namespace, session_id, count))
+            rows.reverse()
+            self._touch(session_id)
+            return _to_messages(rows)
+
         where = ["ns = ?", "session = ?"]
         params: list[Any] = [self.namespace, session_id]
         for cursor, op in ((before, "<"), (after, ">")):
