@@ -374,12 +374,17 @@ class LatentMemory(ArenaMemory):
 
 
 #: How long each call of a LatentMemory takes.
-LATENCY = 0.15
+LATENCY = 0.2
 
 
 def watch_loop() -> LoopWatch:
-    """A LoopWatch that flags any stall of half a store call or more."""
-    return LoopWatch(threshold=LATENCY / 2)
+    """A LoopWatch that flags any stall of three quarters of a store call.
+
+    A store call made on the loop stalls it for a whole call or more, so
+    the margin below that only absorbs the scheduling noise of a loaded
+    machine; it never lets a blocking call pass.
+    """
+    return LoopWatch(threshold=LATENCY * 0.75)
 
 
 def run_watched(main: Callable[[], Awaitable[T]]) -> T:

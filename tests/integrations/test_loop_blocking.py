@@ -3,9 +3,9 @@
 Each test runs every coroutine of one adapter on a store whose every call
 takes ``LATENCY`` seconds in the calling thread (see
 :class:`tests.test_async.LatentMemory`), under :class:`LoopWatch`: a
-heartbeat task and asyncio's debug mode both report any stall of half a
-call or more. A coroutine that reached the store on the loop's thread
-would stall it for a whole call.
+heartbeat task and asyncio's debug mode both report any stall of three
+quarters of a call or more. A coroutine that reached the store on the
+loop's thread would stall it for a whole call.
 """
 
 from __future__ import annotations
