@@ -76,6 +76,9 @@ class Backend:
     #: Writes per round of the connection-cut test; a cut costs a log
     #: client a reconnect backoff, so the log backends do fewer.
     cut_writes: int = 60
+    #: Share of the property-test examples that open stores per example:
+    #: a Kafka handle's first write waits about a second for the producer.
+    open_examples: float = 1.0
 
 
 def unique(prefix: str) -> str:
@@ -144,6 +147,7 @@ BACKENDS: dict[str, Backend] = {
         fault_options={"timeout": 2.0},
         reads_local=True,
         cut_writes=12,
+        open_examples=0.25,
     ),
 }
 
