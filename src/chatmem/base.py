@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 
+# What ``_query`` takes: session, user, start, end, role, limit.
+QueryArgs = tuple[
+    str | None, str | None, datetime | None, datetime | None, str | None, int | None
+]
+
 # Expired messages are purged during writes, at most this often.
 PURGE_INTERVAL_SECONDS = 1.0
 
@@ -248,6 +253,21 @@ class BaseChatMessageMemory(BaseMemory):
         cases nothing is stored.
         """
         self._check_open()
+        item = self._prepare_one(
+            session_id, role, content, user_id, metadata, created_at
+        )
+        return self._write([item])[0]
+
+    def _prepare_one(
+        self,
+        session_id: str,
+        role: str,
+        content: str,
+        user_id: str | None,
+        metadata: dict[str, Any] | None,
+        created_at: datetime | None,
+    ) -> Prepared:
+        """Check the arguments of :meth:`add`; raise InvalidMessage."""
         # The same checks as add_messages, without building the batch: one
         # add is the call chat applications make most.
         message = tuple.__new__(
@@ -263,12 +283,11 @@ class BaseChatMessageMemory(BaseMemory):
             ),
         )
         try:
-            item = prepare(message, self.max_message_bytes, datetime.now(UTC))
+            return prepare(message, self.max_message_bytes, datetime.now(UTC))
         except InvalidMessage as exc:
             raise InvalidMessage(
                 f"Message 0 of the batch: {exc} Nothing was stored."
             ) from None
-        return self._write([item])[0]
 
     def add_messages(self, messages: Iterable[Message]) -> list[Message]:
         """Store several messages atomically: all of them or none.
@@ -277,6 +296,13 @@ class BaseChatMessageMemory(BaseMemory):
         Raises :class:`InvalidMessage` naming the first bad message.
         """
         self._check_open()
+        prepared = self._prepare_batch(messages)
+        if not prepared:
+            return []
+        return self._write(prepared)
+
+    def _prepare_batch(self, messages: Iterable[Message]) -> list[Prepared]:
+        """Check the messages of :meth:`add_messages`; raise InvalidMessage."""
         now = datetime.now(UTC)
         prepared = []
         for index, message in enumerate(messages):
@@ -286,9 +312,7 @@ class BaseChatMessageMemory(BaseMemory):
                 raise InvalidMessage(
                     f"Message {index} of the batch: {exc} Nothing was stored."
                 ) from None
-        if not prepared:
-            return []
-        return self._write(prepared)
+        return prepared
 
     def store(self, message: Message) -> str:
         """Store a message and return its id (the generic name of add)."""
@@ -366,6 +390,28 @@ class BaseChatMessageMemory(BaseMemory):
         cursor raises :class:`MessageNotFound`.
         """
         self._check_open()
+        before, after, count, newest = self._history_args(
+            session_id, last, limit, before, after
+        )
+        if count == 0:
+            for cursor in (before, after):
+                if cursor is not None:
+                    self._cursor_check(session_id, cursor)
+            return []
+        return self._history(session_id, before, after, count, newest)
+
+    def _history_args(
+        self,
+        session_id: str,
+        last: int | None,
+        limit: int | None,
+        before: str | None,
+        after: str | None,
+    ) -> tuple[str | None, str | None, int | None, bool]:
+        """Check the arguments of :meth:`history`.
+
+        Return what ``_history`` takes: (before, after, count, newest).
+        """
         check_id(session_id, "session id")
         last = _check_count(last, "last")
         limit = _check_count(limit, "limit")
@@ -376,12 +422,7 @@ class BaseChatMessageMemory(BaseMemory):
 
         count = last if last is not None else limit
         newest = last is not None or (limit is not None and before is not None)
-        if count == 0:
-            for cursor in (before, after):
-                if cursor is not None:
-                    self._cursor_check(session_id, cursor)
-            return []
-        return self._history(session_id, before, after, count, newest)
+        return before, after, count, newest
 
     def _cursor_check(self, session_id: str, cursor: str) -> None:
         found = self._get(cursor)
@@ -406,6 +447,24 @@ class BaseChatMessageMemory(BaseMemory):
         raises ``ValueError`` (:class:`InvalidMessage`).
         """
         self._check_open()
+        args = self._query_args(session_id, user_id, start, end, role, limit)
+        if args is None:
+            return []
+        return self._query(*args)
+
+    def _query_args(
+        self,
+        session_id: str | None,
+        user_id: str | None,
+        start: datetime | None,
+        end: datetime | None,
+        role: str | None,
+        limit: int | None,
+    ) -> QueryArgs | None:
+        """Check the filters of :meth:`query`; None when nothing can match.
+
+        Return the arguments of ``_query``, retention applied to ``start``.
+        """
         if session_id is not None:
             check_id(session_id, "session id")
         if user_id is not None:
@@ -421,12 +480,12 @@ class BaseChatMessageMemory(BaseMemory):
             )
         limit = _check_count(limit, "limit")
         if limit == 0:
-            return []
+            return None
 
         cutoff = self._cutoff_time()
         if cutoff is not None and (start is None or start < cutoff):
             start = cutoff
-        return self._query(session_id, user_id, start, end, role, limit)
+        return session_id, user_id, start, end, role, limit
 
     def sessions(self, user_id: str | None = None) -> list[str]:
         """Return the ids of sessions holding messages, sorted.
