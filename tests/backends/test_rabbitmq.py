@@ -9,6 +9,7 @@ the stream's arguments on the broker, URLs and credentials.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -126,7 +127,8 @@ def test_bad_options_are_refused(url: str, options: dict[str, Any]) -> None:
         chatmem.open(url, **options)
 
 
-def test_password_never_shows(server: Any) -> None:
+def test_password_never_shows(server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     user, password = f"bot-{uuid.uuid4().hex[:6]}", "correct horse battery"
     server.rabbitmqctl("add_user", user, password)
     server.rabbitmqctl("set_permissions", user, ".*", ".*", ".*")
@@ -142,6 +144,9 @@ def test_password_never_shows(server: Any) -> None:
     text = f"{caught.value} {caught.value!r} {caught.value.__cause__!r}"
     assert "horse" not in text
     assert "credentials" in str(caught.value)
+    # rstream logs every frame at DEBUG, the SASL one included.
+    assert "Sending frame" in caplog.text
+    assert "horse" not in caplog.text
 
 
 def test_closed_port_fails_fast_with_backend_unavailable(server: Any) -> None:

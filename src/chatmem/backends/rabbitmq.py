@@ -119,6 +119,31 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+
+class _HideCredentials(logging.Filter):
+    """Keep the SASL frame, which holds the password, out of rstream's log.
+
+    rstream logs every frame it sends at DEBUG, the authentication frame
+    with its user and password included; an application that turns on
+    DEBUG logging must not find the password in its logs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(
+            isinstance(arg, schema.SaslAuthenticate) for arg in args
+        ):
+            record.args = tuple(
+                "SaslAuthenticate(credentials hidden)"
+                if isinstance(arg, schema.SaslAuthenticate)
+                else arg
+                for arg in args
+            )
+        return True
+
+
+logging.getLogger("rstream.client").addFilter(_HideCredentials())
+
 DEFAULT_PORT = 5552
 
 # The tracking reference whose stored offset is the stream's identity.
