@@ -117,6 +117,12 @@ def _kafka(request: pytest.FixtureRequest, tmp: Path) -> Spec:
     return Spec("kafka", url, server=server)
 
 
+def _rabbitmq(request: pytest.FixtureRequest, tmp: Path) -> Spec:
+    server = request.getfixturevalue("rabbitmq_server")
+    url = f"{server.url.rstrip('/')}/{unique('reliability')}"
+    return Spec("rabbitmq", url, server=server)
+
+
 BACKENDS: dict[str, Backend] = {
     "memory": Backend("memory", _memory, persistent=False, shared=False),
     "sqlite": Backend("sqlite", _sqlite, persistent=True, shared=True),
@@ -147,6 +153,16 @@ BACKENDS: dict[str, Backend] = {
         fault_options={"timeout": 2.0},
         reads_local=True,
         cut_writes=12,
+        open_examples=0.25,
+    ),
+    "rabbitmq": Backend(
+        "rabbitmq",
+        _rabbitmq,
+        persistent=True,
+        shared=True,
+        # Not in the fault tests yet: see ``faults``.
+        server_fixture=None,
+        reads_local=True,
         open_examples=0.25,
     ),
 }
