@@ -601,17 +601,17 @@ class BaseChatMessageMemory(BaseMemory):
         """
 
     def _session_state(
-        self, session_id: str, first: str, last: str
+        self, session_id: str, first: str, last: str, older: bool
     ) -> tuple[int, bool, bool]:
         """Return what a hot tier needs to check its copy of a session.
 
         The copy is the run of the session's messages from ``first`` to
         ``last``, as ``history`` returns them (retention applied). Return
         how many messages the session holds from ``first`` on, whether
-        one follows ``last`` (or ``last`` is gone), and whether one
-        precedes ``first``; 0 messages when ``first`` is gone. This
-        default asks ``_history`` twice; a backend overrides it with one
-        cheap read.
+        one follows ``last`` (or ``last`` is gone), and, when ``older``
+        asks, whether one precedes ``first`` (else False); 0 messages
+        when ``first`` is gone. This default asks ``_history``; a backend
+        overrides it with one cheap read.
         """
         try:
             rest = self._history(session_id, None, first, None, False)
@@ -620,8 +620,8 @@ class BaseChatMessageMemory(BaseMemory):
         newer = bool(rest) and rest[-1].id != last
         if not rest and first != last:
             newer = True
-        older = self._history(session_id, first, None, 1, True)
-        return 1 + len(rest), newer, bool(older)
+        before = older and bool(self._history(session_id, first, None, 1, True))
+        return 1 + len(rest), newer, before
 
     @abstractmethod
     def _transaction(self) -> AbstractContextManager[Any]:

@@ -289,6 +289,7 @@ class TieredMemory(BaseChatMessageMemory):
         # Checking a cached message against the backend costs as much as
         # reading it there, so a get is served here only when no check is
         # due.
+        found = None
         with self._lock:
             session = self._where.get(message_id)
             entry = None if session is None else self._entries.get(session)
@@ -299,7 +300,6 @@ class TieredMemory(BaseChatMessageMemory):
                 found = _messages([row])[0]
             else:
                 self._misses += 1
-                found = None
         if found is None:
             return self.backend._get(message_id)
         assert session is not None
@@ -314,24 +314,57 @@ class TieredMemory(BaseChatMessageMemory):
         count: int | None,
         newest: bool,
     ) -> list[Message]:
+        now = time.monotonic()
+        checked = True
         with self._lock:
             entry = self._entries.get(session_id)
-            held = entry is not None and (
-                _select(entry, before, after, count, newest) is not None
+            if entry is not None and self.retention is not None:
+                self._expire(entry)
+                if not entry.rows:
+                    self._drop(session_id)
+                    entry = None
+            rows = None
+            if entry is not None:
+                rows = _select(entry, before, after, count, newest)
+            if entry is not None and rows is not None:
+                if self._trusted(entry, now):
+                    self._hits += 1
+                    self._entries.move_to_end(session_id)
+                else:
+                    first, last = entry.ids[0], entry.ids[-1]
+                    held, stamp = len(entry.ids), self._stamp(session_id)
+                    whole = entry.whole
+                    checked = False
+
+        if not checked:
+            # Ask the backend whether the cached run is still exactly what
+            # it holds: one small read, outside the lock.
+            inside, newer, older = self.backend._session_state(
+                session_id, first, last, whole
             )
-        if held and self._current(session_id):
             with self._lock:
-                entry = self._entries.get(session_id)
-                rows = None
-                if entry is not None:
-                    rows = _select(entry, before, after, count, newest)
+                if self._entries.get(session_id) is not entry or (
+                    self._stamp(session_id) != stamp
+                ):
+                    rows = None
+                elif inside != held or newer:
+                    self._drop(session_id)
+                    self._bump(session_id)
+                    rows = None
+                else:
+                    if older and entry is not None and entry.whole:
+                        entry.whole = False
+                        rows = _select(entry, before, after, count, newest)
+                    if entry is not None:
+                        entry.checked = now
                 if rows is not None:
                     self._hits += 1
                     self._entries.move_to_end(session_id)
-            if rows is not None:
-                self._touch(session_id)
-                return _messages(rows)
-        return self._read_through(session_id, before, after, count, newest)
+
+        if rows is None:
+            return self._read_through(session_id, before, after, count, newest)
+        self._touch(session_id)
+        return _messages(rows)
 
     def _read_through(
         self,
@@ -341,6 +374,7 @@ class TieredMemory(BaseChatMessageMemory):
         count: int | None,
         newest: bool,
     ) -> list[Message]:
+        """Read from the backend and keep what the tier can use."""
         with self._lock:
             self._misses += 1
             stamp = self._stamp(session_id)
@@ -365,45 +399,12 @@ class TieredMemory(BaseChatMessageMemory):
                 self._fill(session_id, joined)
         return found
 
-    def _current(self, session_id: str) -> bool:
-        """Return True if the cached session may serve a read now.
-
-        Checks it against the backend unless it was known current within
-        ``cache_staleness`` or the backend announces its changes.
-        """
-        now = time.monotonic()
-        with self._lock:
-            entry = self._entries.get(session_id)
-            if entry is None:
-                return False
-            if self.retention is not None:
-                self._expire(session_id, entry)
-                if not entry.rows:
-                    self._drop(session_id)
-                    return False
-            if self._trusted(entry, now):
-                return True
-            first, last, held = entry.ids[0], entry.ids[-1], len(entry.ids)
-            stamp = self._stamp(session_id)
-
-        inside, newer, older = self.backend._session_state(session_id, first, last)
-
-        with self._lock:
-            if self._entries.get(session_id) is not entry or (
-                self._stamp(session_id) != stamp
-            ):
-                return False
-            if inside != held or newer:
-                self._drop(session_id)
-                self._bump(session_id)
-                return False
-            if older:
-                entry.whole = False
-            entry.checked = now
-            return True
-
     def _trusted(self, entry: _Entry, now: float | None = None) -> bool:
-        """Return True if the entry may serve without a check."""
+        """Return True if the entry may serve without a check.
+
+        It may when the backend announces its changes, or when it was
+        known current within ``cache_staleness``.
+        """
         if self._listeners is not None:
             return True
         if self._staleness is None:
@@ -435,9 +436,9 @@ class TieredMemory(BaseChatMessageMemory):
         return self.backend._count(session_id, user_id)
 
     def _session_state(
-        self, session_id: str, first: str, last: str
+        self, session_id: str, first: str, last: str, older: bool
     ) -> tuple[int, bool, bool]:
-        return self.backend._session_state(session_id, first, last)
+        return self.backend._session_state(session_id, first, last, older)
 
     # -- deleting ----------------------------------------------------------
 
@@ -578,7 +579,7 @@ class TieredMemory(BaseChatMessageMemory):
         ]:
             self._drop(session)
 
-    def _expire(self, session_id: str, entry: _Entry) -> None:
+    def _expire(self, entry: _Entry) -> None:
         cutoff = self._cutoff()
         if cutoff is None or not any(row[5] < cutoff for row in entry.rows):
             return

@@ -774,7 +774,7 @@ class PostgresMemory(BaseChatMessageMemory):
         raise MessageNotFound(cursor)
 
     def _session_state(
-        self, session_id: str, first: str, last: str
+        self, session_id: str, first: str, last: str, older: bool
     ) -> tuple[int, bool, bool]:
         low, high = _seq(first), _seq(last)
         if low is None or high is None:
@@ -787,14 +787,20 @@ class PostgresMemory(BaseChatMessageMemory):
             where += " AND created_at >= %s"
             params.append(cutoff)
         table = self._names["messages"]
-        sql = (
-            f"SELECT count(*), max(seq), (SELECT min(seq) FROM {table}"
-            f" WHERE {where}) FROM {table} WHERE {where} AND seq >= %s"
-        )
-        inside, newest, oldest = self._read(sql, [*params, *params, low])[0]
-        if not inside:
+        sql = f"SELECT count(*), max(seq) FROM {table} WHERE {where} AND seq >= %s"
+        if older:
+            sql = (
+                f"SELECT count(*), max(seq), EXISTS (SELECT 1 FROM {table}"
+                f" WHERE {where} AND seq < %s) FROM {table}"
+                f" WHERE {where} AND seq >= %s"
+            )
+            params = [*params, low, *params, low]
+        else:
+            params.append(low)
+        row = self._read(sql, params)[0]
+        if not row[0]:
             return 0, True, True
-        return int(inside), newest > high, oldest < low
+        return int(row[0]), row[1] > high, older and bool(row[2])
 
     def _query(
         self,

@@ -1045,7 +1045,7 @@ class RedisMemory(BaseChatMessageMemory):
         return rows
 
     def _session_state(
-        self, session_id: str, first: str, last: str
+        self, session_id: str, first: str, last: str, older: bool
     ) -> tuple[int, bool, bool]:
         low, high = _seq(first), _seq(last)
         if low is None or high is None:
@@ -1053,21 +1053,23 @@ class RedisMemory(BaseChatMessageMemory):
         if self.retention is not None:
             # Expired messages stay in the sorted set until a write trims
             # them and reads skip them: only the reads can tell.
-            return super()._session_state(session_id, first, last)
+            return super()._session_state(session_id, first, last, older)
         key = self._key("h:", session_id)
 
         def ask() -> list[Any]:
-            # Three O(log n) counts by score (the id), one round trip and
-            # one snapshot.
+            # O(log n) counts by score (the id): one round trip, one
+            # snapshot.
             pipe = self._client.pipeline(transaction=True)
             pipe.zcount(key, low, "+inf")
             pipe.zcount(key, f"({high}", "+inf")
-            pipe.zcount(key, "-inf", f"({low}")
+            if older:
+                pipe.zcount(key, "-inf", f"({low}")
             replies: list[Any] = pipe.execute()
             return replies
 
-        inside, newer, older = self._run(ask)
-        return int(inside), int(newer) > 0, int(older) > 0
+        replies = self._run(ask)
+        before = older and int(replies[2]) > 0
+        return int(replies[0]), int(replies[1]) > 0, before
 
     def _touch(self, session_id: str) -> None:
         if self._touching:

@@ -583,7 +583,7 @@ class SQLiteMemory(BaseChatMessageMemory):
         raise MessageNotFound(cursor)
 
     def _session_state(
-        self, session_id: str, first: str, last: str
+        self, session_id: str, first: str, last: str, older: bool
     ) -> tuple[int, bool, bool]:
         low, high = _seq(first), _seq(last)
         if low is None or high is None:
@@ -596,14 +596,20 @@ class SQLiteMemory(BaseChatMessageMemory):
             where += " AND created_at >= ?"
             params.append(cutoff)
         table = "messages INDEXED BY messages_by_session"
-        sql = (
-            f"SELECT count(*), max(seq), (SELECT min(seq) FROM {table}"
-            f" WHERE {where}) FROM {table} WHERE {where} AND seq >= ?"
-        )
-        inside, newest, oldest = self._read(sql, [*params, *params, low])[0]
-        if not inside:
+        sql = f"SELECT count(*), max(seq) FROM {table} WHERE {where} AND seq >= ?"
+        if older:
+            sql = (
+                f"SELECT count(*), max(seq), EXISTS (SELECT 1 FROM {table}"
+                f" WHERE {where} AND seq < ?) FROM {table}"
+                f" WHERE {where} AND seq >= ?"
+            )
+            params = [*params, low, *params, low]
+        else:
+            params.append(low)
+        row = self._read(sql, params)[0]
+        if not row[0]:
             return 0, True, True
-        return int(inside), newest > high, oldest < low
+        return int(row[0]), row[1] > high, older and bool(row[2])
 
     def _query(
         self,
