@@ -546,8 +546,12 @@ class NativeMemory(ArenaMemory):
         return cls(**options)
 
     @classmethod
-    async def open_async(cls, url: str, **options: Any) -> AsyncChatMemory:
-        opened = NativeAsyncMemory(cls.from_url(url, **options))
+    async def open_async(
+        cls, url: str, *, max_concurrency: int, **options: Any
+    ) -> AsyncChatMemory:
+        opened = NativeAsyncMemory(
+            cls.from_url(url, **options), max_concurrency=max_concurrency
+        )
         opened.native_threads = []
         return opened
 

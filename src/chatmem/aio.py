@@ -34,16 +34,32 @@ The hook is a classmethod on the backend class::
 
     class RedisMemory(BaseChatMessageMemory):
         @classmethod
-        async def open_async(cls, url: str, **options: Any) -> AsyncChatMemory:
+        async def open_async(
+            cls, url: str, *, max_concurrency: int, **options: Any
+        ) -> AsyncChatMemory:
             ...
 
 :func:`open_async` calls it when the URL's backend class has one. It
 returns an :class:`AsyncChatMemory` subclass that overrides the methods
 it serves natively and passes its synchronous twin to
 ``AsyncChatMemory.__init__``, so every method it does not override keeps
-working through the thread offload. Today no built-in backend defines
-the hook: memory, sqlite, redis, postgres, kafka and rabbitmq all run
-through the thread offload.
+working through the thread offload. Closing waits for the offloaded
+calls, then for ``_close_native`` (the native calls in flight and the
+native client), then closes the twin.
+
+Redis is native: redis.asyncio runs the synchronous store's own
+operation plans for writes, reads, counts and deletes (see
+:mod:`chatmem.backends._redis_async`); its native calls are bounded by
+its connection pool, not by ``max_concurrency``. Memory and sqlite do
+in-process work that a thread serves as well as a loop could. PostgreSQL
+runs through the thread offload for now: its writes hold a transaction
+across several statements, which its native face would have to drive as
+plans the way Redis does. Kafka stays offloaded too: its reads come from
+the local index with no broker round trip, and confluent_kafka.aio
+(2.16) runs produce and poll in a thread pool of its own, so it would
+trade one thread hop for another. RabbitMQ's rstream client is asyncio inside, but
+chatmem drives it from its own loop thread, so the offload is the one
+hop it needs.
 """
 
 from __future__ import annotations
@@ -329,10 +345,17 @@ class AsyncChatMemory:
             for _ in range(self._max_concurrency):
                 await self._slots.acquire()
                 taken += 1
+            await self._close_native()
             await asyncio.to_thread(self._memory.close)
         finally:
             for _ in range(taken):
                 self._slots.release()
+
+    async def _close_native(self) -> None:
+        """Wait for native calls in flight and close the native client.
+
+        A native face overrides this; the thread offload has nothing here.
+        """
 
     async def __aenter__(self) -> AsyncChatMemory:
         return self
@@ -360,7 +383,8 @@ async def open_async(
     Takes the URL and options of :func:`chatmem.open` (without a URL,
     ``CHATMEM_URL`` or the embedded default) and raises the same errors.
     ``max_concurrency`` bounds the calls that run at once in worker
-    threads. Opening runs in a worker thread too, since it may connect to
+    threads; a native backend bounds its own calls (see the module
+    docstring). Opening runs in a worker thread too, since it may connect to
     a server or create a file. A backend with a native ``open_async``
     classmethod (see the module docstring) is opened through it.
     """
@@ -373,7 +397,7 @@ async def open_async(
     native = await asyncio.to_thread(_native_opener, url)
     if native is not None:
         log.debug("opening a %s store natively", url.split("://", 1)[0])
-        opened = await native(url, **options)
+        opened = await native(url, max_concurrency=max_concurrency, **options)
         if not isinstance(opened, AsyncChatMemory):
             raise TypeError(
                 "A backend's open_async must return an AsyncChatMemory, not "

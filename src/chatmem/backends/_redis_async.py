@@ -1,0 +1,324 @@
+"""The asyncio face of RedisMemory, served by redis.asyncio.
+
+:func:`chatmem.open_async` opens a ``redis://`` URL here. The face runs
+the synchronous store's own operation plans (see ``RedisMemory._drive``)
+on an asyncio connection pool with hiredis' parser: the same commands,
+Lua functions, key scheme, checks, errors and retries, with the waits on
+the event loop instead of in a thread.
+
+Served natively: ``add``, ``add_messages``, ``store``, ``get``,
+``retrieve``, ``history``, ``query``, ``sessions``, ``count``,
+``delete``, ``delete_session`` and ``delete_user``. The rest
+(``history_window``, ``allocate``, ``release``, ``stats``,
+``max_messages``, ``remaining_messages``) run on the synchronous twin
+in worker threads: the window's token counter is the caller's code,
+which may be slow, and the budget figures are rare calls.
+
+Native calls are not bounded by ``max_concurrency``; the asyncio pool's
+``max_connections`` bounds them, and a call waits up to ``timeout`` for
+a connection. Each write in flight takes its own writer id for its
+ticket, since tasks on one thread interleave where threads do not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import (
+    BlockingConnectionPool,
+    Connection,
+    SSLConnection,
+)
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from chatmem.aio import AsyncChatMemory
+from chatmem.backends.redis import (
+    LIBRARY,
+    Plan,
+    RedisMemory,
+    already_loaded,
+    library_missing,
+    mark_retry,
+    parse_url,
+    pool_options,
+)
+from chatmem.errors import MessageNotFound, StoreClosed
+from chatmem.message import Message, check_id
+
+__all__ = ["AsyncRedisMemory", "open_redis"]
+
+T = TypeVar("T")
+
+
+async def open_redis(
+    cls: type[RedisMemory], url: str, *, max_concurrency: int, **options: Any
+) -> AsyncRedisMemory:
+    """Open a ``redis://`` URL for asyncio; the errors of chatmem.open.
+
+    The synchronous twin opens first, in a worker thread: it checks the
+    server's version and loads the function library, and it serves the
+    methods that are not native.
+    """
+    memory = await asyncio.to_thread(cls.from_url, url, **options)
+    try:
+        settings = parse_url(url)
+        pool = BlockingConnectionPool(
+            connection_class=SSLConnection if settings["tls"] else Connection,
+            # As in the blocking pool: chatmem retries, with tickets.
+            retry=Retry(NoBackoff(), 0),
+            **pool_options(
+                host=settings["host"],
+                port=settings["port"],
+                db=settings["db"],
+                username=settings["username"],
+                password=settings["password"],
+                timeout=memory.timeout,
+                max_connections=memory.max_connections,
+            ),
+        )
+        return AsyncRedisMemory(memory, pool, max_concurrency=max_concurrency)
+    except BaseException:
+        await asyncio.to_thread(memory.close)
+        raise
+
+
+class AsyncRedisMemory(AsyncChatMemory):
+    """A :class:`~chatmem.backends.redis.RedisMemory` whose methods are
+    coroutines served on the event loop; see the module docstring."""
+
+    def __init__(
+        self,
+        memory: RedisMemory,
+        pool: BlockingConnectionPool,
+        *,
+        max_concurrency: int,
+    ) -> None:
+        super().__init__(memory, max_concurrency=max_concurrency)
+        self._redis = memory
+        self._pool = pool
+        self._client = Redis(connection_pool=pool)
+        self._writers: list[_Writer] = []
+        self._in_flight = 0
+        self._settled = asyncio.Event()
+        self._settled.set()
+
+    # -- running plans ---------------------------------------------------
+
+    def _check(self) -> None:
+        if self._closing:
+            raise StoreClosed(type(self._memory).__name__)
+        self._memory._check_open()
+
+    async def _drive(self, plan: Plan[T]) -> T:
+        """Run a plan's commands on the asyncio pool."""
+        self._in_flight += 1
+        self._settled.clear()
+        try:
+            request = next(plan)
+            while True:
+                request = plan.send(await self._send(request))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._settled.set()
+
+    async def _send(self, request: list[Any]) -> Any:
+        begun = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                return await self._execute(request)
+            except RedisError as exc:
+                attempt += 1
+                delay = self._redis._retry_delay(exc, attempt, begun)
+            await asyncio.sleep(delay)
+            mark_retry(request)
+
+    async def _execute(self, request: list[Any]) -> Any:
+        execute: Callable[..., Awaitable[Any]] = self._client.execute_command
+        try:
+            return await execute(*request)
+        except ResponseError as exc:
+            if not library_missing(request, exc):
+                raise
+        try:
+            await execute("FUNCTION LOAD", LIBRARY)
+        except ResponseError as exc:
+            if not already_loaded(exc):
+                raise
+        return await execute(*request)
+
+    async def _write(self, prepared: list[Any]) -> list[Message]:
+        memory = self._redis
+        room, incoming = memory._room(prepared)
+        if not memory.retries:
+            return await self._drive(memory._store(prepared, room, incoming, "", ""))
+        writer = self._writers.pop() if self._writers else _Writer()
+        writer.number += 1
+        try:
+            plan = memory._store(
+                prepared, room, incoming, writer.id, str(writer.number)
+            )
+            return await self._drive(plan)
+        finally:
+            self._writers.append(writer)
+
+    # -- writing ---------------------------------------------------------
+
+    async def add(
+        self,
+        session_id: str,
+        role: str,
+        content: str,
+        *,
+        user_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        created_at: datetime | None = None,
+    ) -> Message:
+        """Store one message; see :meth:`BaseChatMessageMemory.add`."""
+        self._check()
+        item = self._redis._prepare_one(
+            session_id, role, content, user_id, metadata, created_at
+        )
+        return (await self._write([item]))[0]
+
+    async def add_messages(self, messages: Iterable[Message]) -> list[Message]:
+        """Store several messages atomically: all of them or none."""
+        self._check()
+        prepared = self._redis._prepare_batch(messages)
+        if not prepared:
+            return []
+        return await self._write(prepared)
+
+    async def store(self, message: Message) -> str:
+        """Store a message and return its id."""
+        stored = (await self.add_messages([message]))[0]
+        assert stored.id is not None  # the store assigns one
+        return stored.id
+
+    # -- reading ---------------------------------------------------------
+
+    async def get(self, message_id: str) -> Message:
+        """Return the message with this id, or raise MessageNotFound."""
+        self._check()
+        if not isinstance(message_id, str):
+            raise MessageNotFound(repr(message_id))
+        found = await self._drive(self._redis._get_plan(message_id))
+        if found is None or self._redis._expired(found):
+            raise MessageNotFound(message_id)
+        return found
+
+    async def retrieve(self, message_id: str) -> Message:
+        """Return the message with this id (the generic name of get)."""
+        return await self.get(message_id)
+
+    async def history(
+        self,
+        session_id: str,
+        *,
+        last: int | None = None,
+        limit: int | None = None,
+        before: str | None = None,
+        after: str | None = None,
+    ) -> list[Message]:
+        """Return a session's messages in the order the store accepted them."""
+        self._check()
+        memory = self._redis
+        before, after, count, newest = memory._history_args(
+            session_id, last, limit, before, after
+        )
+        if count == 0:
+            for cursor in (before, after):
+                if cursor is not None:
+                    found = await self._drive(memory._get_plan(cursor))
+                    if found is None or found.session_id != session_id:
+                        raise MessageNotFound(cursor)
+            return []
+        plan = memory._history_plan(session_id, before, after, count, newest)
+        return await self._drive(plan)
+
+    async def query(
+        self,
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        role: str | None = None,
+        limit: int | None = None,
+    ) -> list[Message]:
+        """Return messages matching every filter, ordered by time."""
+        self._check()
+        memory = self._redis
+        args = memory._query_args(session_id, user_id, start, end, role, limit)
+        if args is None:
+            return []
+        return await self._drive(memory._query_plan(*args))
+
+    async def sessions(self, user_id: str | None = None) -> list[str]:
+        """Return the ids of sessions holding messages, sorted."""
+        self._check()
+        if user_id is not None:
+            check_id(user_id, "user id")
+        return await self._drive(self._redis._sessions_plan(user_id))
+
+    async def count(
+        self, *, session_id: str | None = None, user_id: str | None = None
+    ) -> int:
+        """Return how many messages match the filters in this namespace."""
+        self._check()
+        if session_id is not None:
+            check_id(session_id, "session id")
+        if user_id is not None:
+            check_id(user_id, "user id")
+        return await self._drive(self._redis._count_plan(session_id, user_id))
+
+    # -- deleting --------------------------------------------------------
+
+    async def delete(self, message_id: str) -> None:
+        """Delete one message; raises MessageNotFound if it is not here."""
+        self._check()
+        if not isinstance(message_id, str) or not await self._drive(
+            self._redis._delete_plan(message_id)
+        ):
+            raise MessageNotFound(str(message_id))
+
+    async def delete_session(self, session_id: str) -> int:
+        """Delete every message of a session; return how many went."""
+        self._check()
+        check_id(session_id, "session id")
+        return await self._drive(self._redis._delete_session_plan(session_id))
+
+    async def delete_user(self, user_id: str) -> int:
+        """Delete every message with this user id; return how many went."""
+        self._check()
+        check_id(user_id, "user id")
+        return await self._drive(self._redis._delete_user_plan(user_id))
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def _close_native(self) -> None:
+        await self._settled.wait()
+        await self._client.aclose()
+        await self._pool.disconnect()
+
+
+class _Writer:
+    """A writer id for tickets and the number of its latest write."""
+
+    __slots__ = ("id", "number")
+
+    def __init__(self) -> None:
+        self.id = uuid.uuid4().hex
+        self.number = 0
