@@ -342,3 +342,21 @@ def test_broker_halted_and_restarted_mid_run(
     # The stream itself holds every acknowledged message, once.
     with chatmem.open(url) as fresh:
         assert [m.id for m in fresh.history("s")] == [m.id for m in history]
+
+
+def test_a_deleted_stream_is_made_again_at_a_new_epoch(
+    server: Any,
+    url: str,
+    store_at: Callable[..., RabbitMQMemory],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    memory = store_at(timeout=5)
+    old = [memory.add("s", "user", f"old{i}") for i in range(3)]
+    server.rabbitmqctl("delete_queue", parse_url(url)["stream"])
+
+    new = memory.add("s", "user", "new")
+    assert "the log was replaced" in caplog.text
+    # This index keeps what it held; the new stream holds only what came
+    # after, and a store opened now sees only that.
+    assert [m.id for m in memory.history("s")] == [m.id for m in [*old, new]]
+    assert [m.id for m in store_at().history("s")] == [new.id]

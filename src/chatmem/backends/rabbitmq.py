@@ -169,6 +169,21 @@ PUBLISHER_ID = 0
 TAIL_SUBSCRIPTION = 0
 END_SUBSCRIPTION = 1
 
+# Publish errors that mean the stream or the publisher is gone, not
+# that the record was refused.
+GONE = frozenset(
+    error.code
+    for error in (
+        stream_errors.StreamDoesNotExist,
+        stream_errors.StreamNotAvailable,
+        stream_errors.PublisherDoesNotExist,
+    )
+)
+
+# What a node answers while a stream's members are still starting (just
+# after a restart): worth asking again until the caller's deadline.
+TRANSIENT = (stream_errors.InternalError, stream_errors.StreamNotAvailable)
+
 
 class RabbitMQDriver(LogDriver):
     """The rstream calls behind :class:`RabbitMQMemory`."""
@@ -452,6 +467,12 @@ class _Link:
                     batch.settle()
 
     def _on_error(self, frame: schema.PublishError) -> None:
+        if any(error.response_code in GONE for error in frame.errors):
+            # The stream went away under the publisher (deleted, or its
+            # member restarting): reconnect, which makes it again, and
+            # resend under the same ids.
+            self._on_lost()
+            return
         for error in frame.errors:
             batch = self._batches.pop(error.publishing_id, None)
             if batch is not None and batch.refused is None:
@@ -725,11 +746,6 @@ class _Loop:
         self.thread.join(2.0)
         if not self.thread.is_alive():
             self.loop.close()
-
-
-# What a node answers while a stream's members are still starting (just
-# after a restart): worth asking again until the caller's deadline.
-TRANSIENT = (stream_errors.InternalError, stream_errors.StreamNotAvailable)
 
 
 async def _patiently(call: Callable[[], Awaitable[T]]) -> T:
