@@ -248,6 +248,10 @@ class RabbitMQDriver(LogDriver):
             frame_max=FRAME_MAX,
             heartbeat=HEARTBEAT_SECONDS,
             connection_name=name,
+            # With a handler rstream reports a dropped connection to it
+            # rather than logging a traceback at ERROR; chatmem learns of
+            # the drop from the listener's end (see _Connection).
+            connection_closed_handler=_ignore,
         )
         try:
             await client.start()
@@ -746,6 +750,10 @@ class _Loop:
         self.thread.join(2.0)
         if not self.thread.is_alive():
             self.loop.close()
+
+
+def _ignore(info: object) -> None:
+    """Take rstream's report of a dropped connection, and do nothing."""
 
 
 async def _patiently(call: Callable[[], Awaitable[T]]) -> T:
