@@ -30,11 +30,24 @@ from chatmem.backends.memory import ArenaMemory
 T = TypeVar("T")
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "memory":
         return "memory://"
+    if request.param == "redis":
+        # Served natively (see tests/test_async_native.py), on database 6
+        # of the session's server.
+        return _emptied_redis(request.getfixturevalue("redis_server"), 6)
     return f"sqlite:///{tmp_path / 'chat.db'}"
+
+
+def _emptied_redis(server: Any, db: int) -> str:
+    import redis
+
+    address = f"{server.url.rsplit('/', 1)[0]}/{db}"
+    with redis.Redis.from_url(address) as client:
+        client.flushdb()
+    return address
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -81,8 +94,12 @@ def test_attributes_match_the_store(url: str) -> None:
     run(main())
 
 
-def test_results_match_the_sync_api(url: str, tmp_path: Path) -> None:
+def test_results_match_the_sync_api(
+    url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     other = "memory://" if url == "memory://" else f"sqlite:///{tmp_path / 'b.db'}"
+    if url.startswith("redis://"):
+        other = _emptied_redis(request.getfixturevalue("redis_server"), 7)
 
     def script_sync(memory: BaseChatMessageMemory) -> list[Any]:
         first = memory.add("s1", "user", "hi", user_id="u1", metadata={"k": [1]})
