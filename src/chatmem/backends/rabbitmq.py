@@ -87,6 +87,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import logging
 import os
 import queue
@@ -334,8 +335,12 @@ class RabbitMQDriver(LogDriver):
             self._log_id = str(found)
 
     def index_name(self) -> str:
+        # The same stream name on another broker or vhost is another log:
+        # it gets an index file of its own.
+        where = f"{self.host}\x00{self.port}\x00{self.vhost}\x00{self.stream}"
+        digest = hashlib.blake2b(where.encode(), digest_size=4).hexdigest()
         safe = re.sub(r"[^A-Za-z0-9_-]", "_", self.stream)[:80]
-        return f"rabbitmq-{safe}"
+        return f"rabbitmq-{safe}-{digest}"
 
     def describe(self) -> str:
         return (
@@ -361,21 +366,23 @@ class RabbitMQDriver(LogDriver):
         while unconfirmed:
             link = await self._ensure_link()
             batch = link.expect(unconfirmed)
-            for frame in _frames(unconfirmed, link.client.frame_max):
-                await link.client.send_publish_frame(frame)
-            remaining = deadline - time.monotonic()
-            if remaining > 0:
-                await asyncio.wait(
-                    [batch.settled, link.lost],
-                    timeout=remaining,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+            try:
+                for frame in _frames(unconfirmed, link.client.frame_max):
+                    await link.client.send_publish_frame(frame)
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    await asyncio.wait(
+                        [batch.settled, link.lost],
+                        timeout=remaining,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+            finally:
+                # Confirms that come later, if any, find nobody waiting.
+                link.forget(unconfirmed)
             for publishing_id in set(unconfirmed) - batch.left:
                 del unconfirmed[publishing_id]
             if batch.refused is not None:
-                link.forget(unconfirmed)
                 raise batch.refused
-            link.forget(unconfirmed)
             if unconfirmed and time.monotonic() >= deadline:
                 raise BackendUnavailable(
                     f"RabbitMQ did not confirm {len(unconfirmed)} of "
