@@ -258,6 +258,34 @@ def test_own_writes_keep_a_log_session_cached(logged: Target) -> None:
     assert _tier(store).hits == 6
 
 
+def test_another_process_write_shows_through_the_tier(sqlite: Target) -> None:
+    store = sqlite.open(cache_bytes=TIER)
+    kept = store.add("s1", "user", "one")
+    store.history("s1", last=20)
+    assert store.history("s1", last=20) == [kept]
+    assert _tier(store).hits == 1
+
+    code = "import chatmem, sys; chatmem.open(sys.argv[1]).add('s1', 'user', 'two')"
+    subprocess.run([sys.executable, "-c", code, sqlite.url], check=True)
+    assert _contents(store.history("s1", last=20)) == ["one", "two"]
+    code = "import chatmem, sys; chatmem.open(sys.argv[1]).delete(sys.argv[2])"
+    subprocess.run([sys.executable, "-c", code, sqlite.url, kept.id or ""], check=True)
+    assert _contents(store.history("s1", last=20)) == ["two"]
+
+
+def test_sqlite_serves_get_while_no_other_writer_committed(sqlite: Target) -> None:
+    store = sqlite.open(cache_bytes=TIER)
+    other = sqlite.open()
+    first = store.add("s1", "user", "one")
+    store.history("s1", last=20)
+    assert store.get(first.id or "") == first
+    assert _tier(store).hits == 1  # PRAGMA data_version stood still
+
+    other.delete(first.id or "")
+    with pytest.raises(KeyError):
+        store.get(first.id or "")
+
+
 def test_staleness_bound_is_honoured(sqlite: Target) -> None:
     bound = timedelta(milliseconds=500)
     first = sqlite.open(cache_bytes=TIER, cache_staleness=bound)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -622,6 +622,16 @@ class BaseChatMessageMemory(BaseMemory):
             newer = True
         before = older and bool(self._history(session_id, first, None, 1, True))
         return 1 + len(rest), newer, before
+
+    def _change_mark(self) -> Hashable | None:
+        """Return a value that changes when another writer commits.
+
+        "Another" is any writer but this store on the calling thread: an
+        equal value on the same thread later means only this store wrote
+        since. A hot tier that sees an equal value skips its per-session
+        check. None (the default) means the backend cannot tell cheaply.
+        """
+        return None
 
     @abstractmethod
     def _transaction(self) -> AbstractContextManager[Any]:

@@ -68,7 +68,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -103,17 +103,24 @@ PENDING_BATCHES = 4096
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
+# The decoder's C scanner without json.loads' three Python calls around
+# it: the tier's metadata is always the compact JSON it wrote itself.
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
 
 class _Entry:
     """The cached newest messages of one session."""
 
-    __slots__ = ("allocations", "checked", "ids", "rows", "whole")
+    __slots__ = ("allocations", "checked", "ids", "mark", "rows", "whole")
 
     def __init__(self, rows: list[Row], whole: bool, checked: float) -> None:
         self.rows = rows
         self.ids = [row[0] for row in rows]
         self.whole = whole  # the rows are the whole session
         self.checked = checked  # monotonic time the rows were known current
+        # The backend's change mark and the tier's count of own changes
+        # when the rows were known current.
+        self.mark: tuple[Hashable, int] | None = None
         self.allocations: list[Allocation] = []
 
 
@@ -170,6 +177,16 @@ class TieredMemory(BaseChatMessageMemory):
         self._misses = 0
         self._evictions = 0
         self._touching = backend.policy == "evict-lru-session"
+
+        # A backend with a change mark lets a read skip its check while no
+        # other writer committed. This store's own writes keep the mark;
+        # those that may change other sessions (evictions, retention
+        # purges) or that failed count in _local instead.
+        self._marking = backend._change_mark() is not None
+        self._local = 0
+        self._writes_reach_others = backend.retention is not None or (
+            backend.capacity_bytes is not None and backend.policy != "reject"
+        )
 
         # A backend that announces what it applies (the log backends'
         # tail) keeps the tier as fresh as itself: no check per read.
@@ -246,6 +263,7 @@ class TieredMemory(BaseChatMessageMemory):
             # A write that failed may still have been stored (a lost
             # reply, a log that took it late): forget these sessions.
             with self._lock:
+                self._local += 1
                 for session in sessions:
                     self._drop(session)
                     self._bump(session)
@@ -255,6 +273,8 @@ class TieredMemory(BaseChatMessageMemory):
         # change touched meanwhile (a concurrent write of this process, an
         # invalidation) is dropped rather than appended out of order.
         with self._lock:
+            if self._writes_reach_others:
+                self._local += 1
             grown: dict[str, list[Row]] = {}
             for item, message in zip(prepared, stored, strict=True):
                 grown.setdefault(message.session_id, []).append(
@@ -286,25 +306,25 @@ class TieredMemory(BaseChatMessageMemory):
     # -- reading -----------------------------------------------------------
 
     def _get(self, message_id: str) -> Message | None:
-        # Checking a cached message against the backend costs as much as
-        # reading it there, so a get is served here only when no check is
-        # due.
-        found = None
         with self._lock:
             session = self._where.get(message_id)
-            entry = None if session is None else self._entries.get(session)
-            if session is not None and entry is not None and self._trusted(entry):
-                row = entry.rows[entry.ids.index(message_id)]
-                self._hits += 1
-                self._entries.move_to_end(session)
-                found = _messages([row])[0]
-            else:
+        rows = None
+        if session is not None:
+            # A full check costs what reading the message from the backend
+            # costs, so a get pays for one only when it buys a while of
+            # unchecked reads (cache_staleness).
+            rows = self._serve(
+                session,
+                lambda entry: _pick(entry, message_id),
+                check=self._staleness is not None,
+            )
+        if rows is None:
+            with self._lock:
                 self._misses += 1
-        if found is None:
             return self.backend._get(message_id)
         assert session is not None
         self._touch(session)
-        return found
+        return _messages(rows)[0]
 
     def _history(
         self,
@@ -314,57 +334,78 @@ class TieredMemory(BaseChatMessageMemory):
         count: int | None,
         newest: bool,
     ) -> list[Message]:
-        now = time.monotonic()
-        checked = True
-        with self._lock:
-            entry = self._entries.get(session_id)
-            if entry is not None and self.retention is not None:
-                self._expire(entry)
-                if not entry.rows:
-                    self._drop(session_id)
-                    entry = None
-            rows = None
-            if entry is not None:
-                rows = _select(entry, before, after, count, newest)
-            if entry is not None and rows is not None:
-                if self._trusted(entry, now):
-                    self._hits += 1
-                    self._entries.move_to_end(session_id)
-                else:
-                    first, last = entry.ids[0], entry.ids[-1]
-                    held, stamp = len(entry.ids), self._stamp(session_id)
-                    whole = entry.whole
-                    checked = False
-
-        if not checked:
-            # Ask the backend whether the cached run is still exactly what
-            # it holds: one small read, outside the lock.
-            inside, newer, older = self.backend._session_state(
-                session_id, first, last, whole
-            )
-            with self._lock:
-                if self._entries.get(session_id) is not entry or (
-                    self._stamp(session_id) != stamp
-                ):
-                    rows = None
-                elif inside != held or newer:
-                    self._drop(session_id)
-                    self._bump(session_id)
-                    rows = None
-                else:
-                    if older and entry is not None and entry.whole:
-                        entry.whole = False
-                        rows = _select(entry, before, after, count, newest)
-                    if entry is not None:
-                        entry.checked = now
-                if rows is not None:
-                    self._hits += 1
-                    self._entries.move_to_end(session_id)
-
+        rows = self._serve(
+            session_id,
+            lambda entry: _select(entry, before, after, count, newest),
+            check=True,
+        )
         if rows is None:
             return self._read_through(session_id, before, after, count, newest)
         self._touch(session_id)
         return _messages(rows)
+
+    def _serve(
+        self,
+        session_id: str,
+        pick: Callable[[_Entry], list[Row] | None],
+        check: bool,
+    ) -> list[Row] | None:
+        """Return the rows ``pick`` wants if the tier may serve them now.
+
+        A cached session serves at once when it is trusted (see
+        :meth:`_trusted`) or when the backend's change mark shows that no
+        other writer committed since it was last known current; otherwise,
+        with ``check``, after the backend confirmed it. Returns None when
+        the tier cannot answer; the caller reads the backend.
+        """
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(session_id)
+            if entry is not None and self.retention is not None:
+                entry = self._expire(session_id, entry)
+            rows = None if entry is None else pick(entry)
+            if entry is None or rows is None:
+                return None
+            if self._trusted(entry, now):
+                self._hits += 1
+                self._entries.move_to_end(session_id)
+                return rows
+            first, last, held = entry.ids[0], entry.ids[-1], len(entry.ids)
+            whole, seen = entry.whole, entry.mark
+            stamp, local = self._stamp(session_id), self._local
+
+        # Outside the lock: the backend may take a round trip.
+        mark = self.backend._change_mark() if self._marking else None
+        confirmed = mark is not None and seen == (mark, local)
+        if not confirmed:
+            if not check:
+                return None
+            inside, newer, older = self.backend._session_state(
+                session_id, first, last, whole
+            )
+
+        with self._lock:
+            if (
+                self._entries.get(session_id) is not entry
+                or self._stamp(session_id) != stamp
+            ):
+                return None
+            if not confirmed:
+                if inside != held or newer:
+                    self._drop(session_id)
+                    self._bump(session_id)
+                    return None
+                if older and entry.whole:
+                    entry.whole = False
+                    rows = pick(entry)
+                    if rows is None:
+                        return None
+            entry.checked = now
+            if mark is not None and self._local == local:
+                entry.mark = (mark, local)
+            self._hits += 1
+            self._entries.move_to_end(session_id)
+            return rows
 
     def _read_through(
         self,
@@ -377,8 +418,9 @@ class TieredMemory(BaseChatMessageMemory):
         """Read from the backend and keep what the tier can use."""
         with self._lock:
             self._misses += 1
-            stamp = self._stamp(session_id)
+            stamp, local = self._stamp(session_id), self._local
         began = time.monotonic()
+        mark = self.backend._change_mark() if self._marking else None
         found = self.backend._history(session_id, before, after, count, newest)
         if not found or after is not None or not (newest or count is None):
             return found
@@ -390,13 +432,18 @@ class TieredMemory(BaseChatMessageMemory):
                 return found  # the session changed while it was read
             entry = self._entries.get(session_id)
             if before is None:
-                self._fill(session_id, _Entry(rows, whole, began))
+                fresh = _Entry(rows, whole, began)
             elif entry is not None and entry.ids and entry.ids[0] == before:
                 # A page just older than what the tier holds (a token
                 # window reading backwards): the run grows at its start.
-                self._drop(session_id)
-                joined = _Entry(rows + entry.rows, whole, min(began, entry.checked))
-                self._fill(session_id, joined)
+                fresh = _Entry(rows + entry.rows, whole, min(began, entry.checked))
+                if entry.mark != (mark, local):
+                    mark = None  # the older rows were not known current then
+            else:
+                return found
+            if mark is not None and self._local == local:
+                fresh.mark = (mark, local)
+            self._fill(session_id, fresh)
         return found
 
     def _trusted(self, entry: _Entry, now: float | None = None) -> bool:
@@ -447,6 +494,7 @@ class TieredMemory(BaseChatMessageMemory):
             return self.backend._delete(message_id)
         finally:
             with self._lock:
+                self._local += 1
                 session = self._where.get(message_id)
                 if session is None:
                     self._epoch += 1
@@ -459,6 +507,7 @@ class TieredMemory(BaseChatMessageMemory):
             return self.backend._delete_session(session_id)
         finally:
             with self._lock:
+                self._local += 1
                 self._drop(session_id)
                 self._bump(session_id)
 
@@ -467,6 +516,7 @@ class TieredMemory(BaseChatMessageMemory):
             return self.backend._delete_user(user_id)
         finally:
             with self._lock:
+                self._local += 1
                 self._drop_user(user_id)
 
     # -- the backend's announcements (log backends) ------------------------
@@ -579,16 +629,22 @@ class TieredMemory(BaseChatMessageMemory):
         ]:
             self._drop(session)
 
-    def _expire(self, entry: _Entry) -> None:
+    def _expire(self, session_id: str, entry: _Entry) -> _Entry | None:
+        """Return the entry without expired messages, or None if none stay.
+
+        Kept messages are cached again, so the budget gets the expired
+        ones' bytes back.
+        """
         cutoff = self._cutoff()
         if cutoff is None or not any(row[5] < cutoff for row in entry.rows):
-            return
+            return entry
         kept = [row for row in entry.rows if row[5] >= cutoff]
-        for row in entry.rows:
-            if row[5] < cutoff:
-                self._where.pop(row[0], None)
-        entry.rows = kept
-        entry.ids = [row[0] for row in kept]
+        self._drop(session_id)
+        if not kept:
+            return None
+        fresh = _Entry(kept, entry.whole, entry.checked)
+        self._fill(session_id, fresh)
+        return self._entries.get(session_id)
 
     # -- the rest ----------------------------------------------------------
 
@@ -640,8 +696,19 @@ def _row_bytes(row: Row) -> int:
 def _messages(rows: Sequence[Row]) -> list[Message]:
     # Built as the backends build theirs: one tuple per message, the
     # metadata decoded afresh for each read.
-    make, loads = tuple.__new__, json.loads
-    return [make(Message, (*row[:6], loads(row[6]) if row[6] else {})) for row in rows]
+    make, scan = tuple.__new__, _scan
+    return [
+        make(Message, (i, s, r, c, u, t, scan(m, 0)[0] if m else {}))
+        for i, s, r, c, u, t, m in rows
+    ]
+
+
+def _pick(entry: _Entry, message_id: str) -> list[Row] | None:
+    """Return the row of one message if the entry holds it."""
+    try:
+        return [entry.rows[entry.ids.index(message_id)]]
+    except ValueError:
+        return None
 
 
 def _select(

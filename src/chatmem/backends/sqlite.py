@@ -42,7 +42,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -581,6 +581,14 @@ class SQLiteMemory(BaseChatMessageMemory):
             if rows and rows[0][0] == session_id:
                 return seq
         raise MessageNotFound(cursor)
+
+    def _change_mark(self) -> Hashable | None:
+        # data_version changes when another connection (another thread of
+        # this store, another store, another process) commits, not for the
+        # connection's own commits; connections live until close, so
+        # their ids are not reused meanwhile.
+        conn = self._shared if self._shared is not None else self._conn
+        return id(conn), self._read("PRAGMA data_version")[0][0]
 
     def _session_state(
         self, session_id: str, first: str, last: str, older: bool
