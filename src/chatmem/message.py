@@ -290,7 +290,13 @@ def check_time(value: object, what: str) -> datetime:
             f"{what} is a naive datetime; pass a timezone-aware one, "
             "for example datetime.now(UTC)."
         )
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidMessage(
+            f"{what} {value.isoformat()} falls outside the years 1 to 9999 "
+            "once converted to UTC."
+        ) from None
 
 
 def prepare(message: Message, max_bytes: int, now: datetime) -> Prepared:
