@@ -57,6 +57,10 @@ Budget     ``used_bytes`` is the store-wide total of content, metadata, ids
            call as every write. ``allocate`` reserves space in the
            handle's process only. ``fragmentation`` is the allocator's share
            of the server's memory holding no live data, all databases.
+Asyncio    :func:`chatmem.open_async` serves writes, reads, counts and
+           deletes natively with redis.asyncio, sending the same commands
+           as this class (both run its operation plans); see
+           :mod:`chatmem.backends._redis_async`.
 LRU        Writes mark a session used; reads do too on a handle opened with
            ``evict-lru-session`` (one more write to the server per read).
 """

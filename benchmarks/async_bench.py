@@ -1,0 +1,475 @@
+"""Benchmark chatmem's asyncio faces: native beside the thread offload.
+
+N tasks on one event loop each own a session pre-filled with 40 turns
+and repeat, K times: ``add`` one message to it, then ``history(last=20)``
+of it. Every system does exactly that work, on the same seeded turns,
+in the same run, round-robin:
+
+- chatmem native: ``chatmem.open_async(url)``, which serves these calls
+  on the loop with the backend's asyncio client;
+- chatmem offload: ``AsyncChatMemory(chatmem.open(url))``, every call in
+  a worker thread (at most ``max_concurrency``, default 4, at once);
+- the raw asyncio client doing the same writes and reads by hand, the
+  baseline;
+- a peer library where one speaks asyncio to the same server.
+
+For Redis the raw baseline is redis.asyncio with, per message, one
+``MULTI``/``EXEC`` holding what chatmem's function writes (the body in
+the session's sorted set and in a hash by id, the time and user
+indexes, the session's last use, a byte counter), ids from a client
+counter; a read is one ``ZREVRANGE key 0 19`` with ``json.loads`` per
+row. The peer is the OpenAI Agents SDK's ``RedisSession``
+(``add_items``, ``get_items(limit=20)``), one per session.
+
+Figures: the median and p99 of each call as a task sees it (waits for
+the pool or for a thread included), and the throughput of the whole
+round (calls of both kinds per second of wall time), set beside the raw
+client's. The server is one the script starts on loopback with
+persistence off, or the one at ``--url`` (its database is flushed). Run
+from the repository root::
+
+    .venv/bin/python benchmarks/async_bench.py            # ~2 minutes
+    .venv/bin/python benchmarks/async_bench.py --quick    # ~40 s
+
+The report goes to ``benchmarks/results/async.md`` (``async-quick.md``
+with ``--quick``) and to standard output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio
+from _harness import (
+    ChatWorkload,
+    Figure,
+    Turn,
+    command_line,
+    machine,
+    settle,
+    table,
+)
+
+import chatmem
+from chatmem import Message
+from chatmem.aio import AsyncChatMemory
+
+warnings.simplefilter("ignore")  # the peers' deprecation notices
+
+from agents.extensions.memory import RedisSession  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICRO = timedelta(microseconds=1)
+ROLE_CODES = {"system": 0, "user": 1, "assistant": 2, "tool": 3}
+PREFILL = 40
+
+NATIVE = "chatmem native"
+OFFLOAD = "chatmem thread offload"
+RAW = "raw redis.asyncio, same writes"
+AGENTS = "Agents SDK RedisSession"
+
+
+@dataclass
+class Plan:
+    """How much to run: concurrency levels and calls per task."""
+
+    levels: list[int]
+    calls: int  # add + history pairs per round, spread over the tasks
+    rounds: int
+    seed: int = 20250106
+
+
+FULL = Plan(levels=[1, 8, 64], calls=640, rounds=15)
+QUICK = Plan(levels=[1, 8, 64], calls=320, rounds=5)
+
+
+# -- a server -----------------------------------------------------------------
+
+
+@contextmanager
+def local_redis() -> Iterator[str]:
+    """Start a throwaway Redis on loopback; yield its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server is not installed: apt-get install redis-server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tempfile.mkdtemp(prefix="chatmem-async-bench-")
+    process = subprocess.Popen(
+        [
+            binary,
+            *("--port", str(port), "--bind", "127.0.0.1", "--dir", folder),
+            *("--save", "", "--appendonly", "no"),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(30)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- the systems --------------------------------------------------------------
+
+
+def chatmem_message(turn: Turn) -> Message:
+    """Return a turn as the chatmem message an application would build."""
+    return Message(
+        session_id=turn.session_id,
+        role=turn.role,
+        content=turn.content,
+        user_id=turn.user_id,
+        metadata=turn.metadata,
+        created_at=EPOCH + turn.created_us * MICRO,
+    )
+
+
+class System:
+    """One system under test: an add and a history(last=20), awaited."""
+
+    name = ""
+
+    async def add(self, turn: Turn) -> None:
+        raise NotImplementedError
+
+    async def history(self, session: str) -> list[Any]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release the system's connections."""
+
+
+class ChatmemSystem(System):
+    def __init__(self, name: str, memory: AsyncChatMemory) -> None:
+        self.name = name
+        self.memory = memory
+
+    async def add(self, turn: Turn) -> None:
+        await self.memory.add(
+            turn.session_id,
+            turn.role,
+            turn.content,
+            user_id=turn.user_id,
+            metadata=turn.metadata,
+            created_at=EPOCH + turn.created_us * MICRO,
+        )
+
+    async def history(self, session: str) -> list[Any]:
+        return await self.memory.history(session, last=20)
+
+    async def close(self) -> None:
+        await self.memory.close()
+
+
+class RawRedis(System):
+    """What a developer writes with redis.asyncio alone for the same work."""
+
+    name = RAW
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.asyncio.Redis.from_url(url)
+        self.ids = itertools.count(1)
+
+    async def add(self, turn: Turn) -> None:
+        message_id = next(self.ids)
+        fields: list[Any] = [
+            message_id,
+            turn.session_id,
+            ROLE_CODES[turn.role],
+            turn.created_us,
+            turn.content,
+            turn.user_id,
+        ]
+        if turn.metadata:
+            fields.append(turn.metadata)
+        body = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zadd(f"raw:h:{turn.session_id}", {body: message_id})
+        pipe.hset("raw:m", str(message_id), body)
+        pipe.zadd("raw:t", {str(message_id): turn.created_us})
+        pipe.zadd(f"raw:u:{turn.user_id}", {str(message_id): turn.created_us})
+        pipe.zadd("raw:l", {turn.session_id: message_id})
+        pipe.hincrby("raw:stats", "bytes", len(body))
+        await pipe.execute()
+
+    async def history(self, session: str) -> list[Any]:
+        rows: list[bytes] = await self.client.zrevrange(f"raw:h:{session}", 0, 19)
+        found = [json.loads(row) for row in rows]
+        found.reverse()
+        return found
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def agents_item(turn: Turn) -> dict[str, Any]:
+    """Return a turn as the Agents SDK's input item."""
+    return {"role": "user" if turn.role == "user" else "assistant",
+            "content": turn.content}  # fmt: skip
+
+
+class AgentsRedis(System):
+    """The Agents SDK's RedisSession, one per session, on one client."""
+
+    name = AGENTS
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.asyncio.Redis.from_url(url)
+        self.sessions: dict[str, RedisSession] = {}
+
+    def session(self, session_id: str) -> RedisSession:
+        found = self.sessions.get(session_id)
+        if found is None:
+            found = RedisSession(
+                session_id, redis_client=self.client, key_prefix="agents:session"
+            )
+            self.sessions[session_id] = found
+        return found
+
+    async def add(self, turn: Turn) -> None:
+        await self.session(turn.session_id).add_items([agents_item(turn)])  # type: ignore[list-item]
+
+    async def history(self, session: str) -> list[Any]:
+        return await self.session(session).get_items(limit=20)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+async def open_systems(url: str) -> list[System]:
+    native = await chatmem.open_async(url, namespace="native")
+    offload = AsyncChatMemory(
+        await asyncio.to_thread(chatmem.open, url, namespace="offload")
+    )
+    if type(native) is AsyncChatMemory:
+        sys.exit(f"{url} has no native asyncio face; nothing to compare.")
+    return [
+        ChatmemSystem(NATIVE, native),
+        ChatmemSystem(OFFLOAD, offload),
+        RawRedis(url),
+        AgentsRedis(url),
+    ]
+
+
+# -- the workload -------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """The calls of one system at one concurrency level."""
+
+    add: Figure
+    history: Figure
+    walls: list[float] = field(default_factory=list)  # seconds per round
+    calls: int = 0  # calls of both kinds per round
+
+    @property
+    def throughput(self) -> float:
+        """Calls per second of wall time, at the median round."""
+        return self.calls / statistics.median(self.walls)
+
+
+async def run_round(
+    system: System, tasks: list[list[Turn]]
+) -> tuple[list[int], list[int], float]:
+    """Run one round: each task adds its turns and reads after each."""
+    clock = time.perf_counter_ns
+    adds: list[int] = []
+    reads: list[int] = []
+
+    async def task(turns: list[Turn]) -> None:
+        for turn in turns:
+            begin = clock()
+            await system.add(turn)
+            middle = clock()
+            found = await system.history(turn.session_id)
+            end = clock()
+            if len(found) != 20:
+                raise SystemExit(f"{system.name} read {len(found)} messages")
+            adds.append(middle - begin)
+            reads.append(end - middle)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(task(turns) for turns in tasks))
+    return adds, reads, time.perf_counter() - began
+
+
+def session_turns(plan: Plan, sessions: int, each: int) -> list[list[Turn]]:
+    """Return ``each`` seeded turns for each of ``sessions`` sessions.
+
+    The workload's own sessions are shorter than a benchmark task's, so
+    its turns are dealt out to one long session per task.
+    """
+    workload = ChatWorkload(seed=plan.seed, count=sessions * each)
+    stream = iter(workload.turns())
+    return [
+        [
+            next(stream)._replace(session_id=f"task-{n}", user_id=f"user-{n}")
+            for _ in range(each)
+        ]
+        for n in range(sessions)
+    ]
+
+
+async def measure(url: str, plan: Plan) -> dict[int, dict[str, Result]]:
+    """Pre-fill every system, then time the rounds level by level."""
+    systems = await open_systems(url)
+    most = max(plan.levels)
+    per_task = {n: plan.calls // n for n in plan.levels}
+    need = PREFILL + sum(per_task[n] * (plan.rounds + 1) for n in plan.levels)
+    sessions = session_turns(plan, most, need)
+
+    results: dict[int, dict[str, Result]] = {}
+    try:
+        for system in systems:
+            for turns in sessions:
+                for turn in turns[:PREFILL]:
+                    await system.add(turn)
+        settle()
+        cursor = PREFILL
+        for level in plan.levels:
+            k = per_task[level]
+            found = {s.name: Result(Figure(s.name), Figure(s.name)) for s in systems}
+            for number in range(plan.rounds + 1):
+                tasks = [turns[cursor : cursor + k] for turns in sessions[:level]]
+                cursor += k
+                for system in systems:
+                    adds, reads, wall = await run_round(system, tasks)
+                    if number == 0:
+                        continue  # warm-up
+                    result = found[system.name]
+                    result.add.calls_ns.extend(adds)
+                    result.history.calls_ns.extend(reads)
+                    result.walls.append(wall)
+                    result.calls = 2 * level * k
+            results[level] = found
+    finally:
+        for system in systems:
+            await system.close()
+    return results
+
+
+# -- the report ---------------------------------------------------------------
+
+HEADERS = [
+    "system",
+    "add median us",
+    "add p99 us",
+    "history median us",
+    "history p99 us",
+    "calls/s",
+    "throughput vs baseline",
+]
+
+
+def rows(found: dict[str, Result], baseline: str) -> list[list[str]]:
+    base = found[baseline].throughput
+    out = []
+    for name, result in found.items():
+        out.append(
+            [
+                name,
+                f"{result.add.median_us:,.0f}",
+                f"{result.add.p99_us:,.0f}",
+                f"{result.history.median_us:,.0f}",
+                f"{result.history.p99_us:,.0f}",
+                f"{result.throughput:,.0f}",
+                "1.00x (baseline)"
+                if name == baseline
+                else f"{result.throughput / base:.2f}x",
+            ]
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", help="Redis URL (its database is flushed)")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
+    # Stop the server this script started even when it is terminated.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+
+    with nullcontext(args.url) if args.url else local_redis() as url:
+        with redis.Redis.from_url(url) as admin:
+            admin.flushdb()
+            version = admin.info("server")["redis_version"]
+        started = time.perf_counter()
+        results = asyncio.run(measure(url, plan))
+        elapsed = time.perf_counter() - started
+
+    out = [
+        "# asyncio: chatmem's native face beside the thread offload",
+        "",
+        f"Command: `{command_line()}`",
+        "",
+        f"Machine: {machine()}. Redis {version} on loopback,"
+        f" {'the server at --url' if args.url else 'persistence off'}.",
+        "",
+        f"N tasks on one event loop each own a session pre-filled with"
+        f" {PREFILL} turns and repeat add + history(last=20) on it;"
+        f" {plan.calls} pairs per round spread over the tasks,"
+        f" {plan.rounds} timed rounds after one warm-up, systems"
+        f" round-robin within each round; ran in {elapsed:.0f} s. Times are"
+        " per call as a task sees it; calls/s counts both kinds over the"
+        " median round's wall time; the ratio is the system's throughput"
+        " over the raw client's (above 1 is faster).",
+        "",
+    ]
+    for level, found in results.items():
+        native = found[NATIVE].throughput
+        offload = found[OFFLOAD].throughput
+        out += [
+            f"## {level} task{'s' if level > 1 else ''} at once",
+            "",
+            f"Native over offload: {native / offload:.2f}x the throughput;"
+            f" add median {found[NATIVE].add.median_us:,.0f} us native,"
+            f" {found[OFFLOAD].add.median_us:,.0f} us offloaded.",
+            "",
+            table(HEADERS, rows(found, RAW)),
+            "",
+        ]
+    report = "\n".join(out)
+    print(report)
+    name = "async-quick.md" if args.quick else "async.md"
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / name).write_text(report)
+
+
+if __name__ == "__main__":
+    main()
