@@ -227,7 +227,7 @@ class RawRedis(System):
         await pipe.execute()
 
     async def history(self, session: str) -> list[Any]:
-        rows: list[bytes] = await self.client.zrevrange(f"raw:h:{session}", 0, 19)
+        rows: list[Any] = await self.client.zrevrange(f"raw:h:{session}", 0, 19)
         found = [json.loads(row) for row in rows]
         found.reverse()
         return found
