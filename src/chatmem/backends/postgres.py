@@ -307,8 +307,6 @@ class PostgresMemory(BaseChatMessageMemory):
         self._accounting = False
 
         self._create_schema()
-        # The pool connects in the background; a first operation waits for
-        # it at most ``timeout``.
         self._pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = (
             ConnectionPool(
                 self._conninfo,
@@ -326,7 +324,19 @@ class PostgresMemory(BaseChatMessageMemory):
                 name="chatmem",
             )
         )
-        self._pool.open(wait=False)
+        # Wait for the first connection here: a first operation that found
+        # the pool still connecting would make it open a second one, and a
+        # single-threaded caller would then alternate between two server
+        # processes for the life of the store.
+        try:
+            self._pool.open(wait=True, timeout=self.timeout)
+        except PoolTimeout:
+            self._pool.close()
+            raise BackendUnavailable(
+                f"PostgreSQL at {self._where} gave no connection within "
+                f"{self.timeout:g} s; the server may be down, unreachable "
+                "or out of connections."
+            ) from None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresMemory:
@@ -740,6 +750,20 @@ class PostgresMemory(BaseChatMessageMemory):
         count: int | None,
         newest: bool,
     ) -> list[Message]:
+        if (
+            newest
+            and count is not None
+            and before is None
+            and after is None
+            and self.retention is None
+        ):
+            # history(last=k), the read behind every prompt: one fixed
+            # statement rather than one assembled per call.
+            rows = self._read(self._sql.last, (self.namespace, session_id, count))
+            rows.reverse()
+            self._touch(session_id)
+            return _to_messages(rows)
+
         where = ["ns = %s", "session = %s"]
         params: list[Any] = [self.namespace, session_id]
         for cursor, op in ((before, "<"), (after, ">")):
@@ -924,6 +948,10 @@ class _Statements:
         self.delete_session = f"DELETE FROM {messages} WHERE ns = %s AND session = %s"
         self.delete_user = f"DELETE FROM {messages} WHERE ns = %s AND user_id = %s"
         self.get = f"SELECT {COLUMNS} FROM {messages} WHERE seq = %s AND ns = %s"
+        self.last = (
+            f"SELECT {COLUMNS} FROM {messages} WHERE ns = %s AND session = %s"
+            " ORDER BY seq DESC LIMIT %s"
+        )
         self.cursor = f"SELECT session FROM {messages} WHERE seq = %s AND ns = %s"
         self.sessions = f"SELECT session FROM {sessions} WHERE ns = %s ORDER BY session"
         self.count_ns = (
