@@ -160,9 +160,10 @@ BACKENDS: dict[str, Backend] = {
         _rabbitmq,
         persistent=True,
         shared=True,
-        # Not in the fault tests yet: see ``faults``.
-        server_fixture=None,
+        server_fixture="rabbitmq_server",
+        fault_options={"timeout": 2.0},
         reads_local=True,
+        cut_writes=12,
         open_examples=0.25,
     ),
 }

@@ -11,7 +11,11 @@ the same handle once the server is back.
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -22,9 +26,11 @@ from typing import Any
 import pytest
 
 from chatmem import BackendUnavailable, BaseChatMessageMemory, Message
+from chatmem.backends.sqlite import path_from_url
 
 from .backends import BACKENDS, SERVERS, Spec, unique
 from .conftest import SEED, Counts, Record
+from .lines import LineReader
 from .proxy import Proxy
 
 # A call may overrun its timeout by this much on a busy two-core machine:
@@ -222,6 +228,10 @@ def proxied(
         with proxied_kafka() as found:
             yield found
         return
+    if backend == "rabbitmq":
+        with proxied_rabbitmq() as found:
+            yield found
+        return
 
     spec = make_spec(backend)
     assert spec.server is not None
@@ -257,6 +267,66 @@ def proxied_kafka() -> Iterator[tuple[Spec, Spec, Proxy]]:
             through = Spec("kafka", url, server=server)
             yield through, through, proxy
     finally:
+        server.close()
+
+
+@contextmanager
+def proxied_rabbitmq() -> Iterator[tuple[Spec, Spec, Proxy]]:
+    # The stream client reconnects to the address the node advertises, so
+    # a node of its own advertises the proxy. Its boot takes seconds; one
+    # node serves every test of this module.
+    global _rabbitmq
+    if _rabbitmq is None:
+        _rabbitmq = _start_advertised_rabbitmq()
+    server, proxy = _rabbitmq
+    proxy.refuse(False)
+    proxy.stall(False)
+    url = f"{server.url.rstrip('/')}/{unique('faults')}"
+    through = Spec("rabbitmq", url, server=server).via(proxy.host, proxy.port)
+    yield through, through, proxy
+
+
+_rabbitmq: tuple[Any, Proxy] | None = None
+
+
+def _start_advertised_rabbitmq() -> tuple[Any, Proxy]:
+    from tests.servers import RabbitMQServer, ServerUnavailable
+
+    class AdvertisedRabbitMQ(RabbitMQServer):
+        advertised_port = 0
+
+        def _setup(self) -> None:
+            super()._setup()
+            conf = self.workdir / "rabbitmq.conf"
+            text = conf.read_text().replace(
+                f"stream.advertised_port = {self.stream_port}",
+                f"stream.advertised_port = {self.advertised_port}",
+            )
+            conf.write_text(text)
+
+    try:
+        server = AdvertisedRabbitMQ()
+    except ServerUnavailable as exc:
+        pytest.skip(f"TEST SERVER UNAVAILABLE: {exc}")
+    proxy = Proxy(server.stream_port)
+    server.advertised_port = proxy.port
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        server.close()
+        proxy.close()
+        pytest.skip(f"TEST SERVER UNAVAILABLE: {exc}")
+    return server, proxy
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_rabbitmq() -> Iterator[None]:
+    global _rabbitmq
+    yield
+    if _rabbitmq is not None:
+        server, proxy = _rabbitmq
+        _rabbitmq = None
+        proxy.close()
         server.close()
 
 
@@ -453,4 +523,66 @@ def test_stalled_server_fails_calls_within_the_timeout(
     record.held(
         f"BackendUnavailable after {took:.1f} s; once bytes flowed again the "
         f"handle wrote {recovered:.1f} s later; nothing stored twice"
+    )
+
+
+# -- the embedded file ---------------------------------------------------------
+
+LOCKER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_sqlite_write_lock_held_by_a_killed_process(
+    backend: str,
+    make_spec: Callable[[str], Spec],
+    record: Record,
+) -> None:
+    """A write lock held elsewhere fails writes in time; its holder's death frees it."""
+    spec = make_spec(backend)
+    timeout = 1.0
+    store = spec.open(timeout=timeout)
+    writer = Writer(store, "locked")
+    assert writer.add()
+
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, path_from_url(spec.url)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert LineReader(locker).readline(time.monotonic() + 30) == "locked"
+        took = timed_failure(writer_add(writer), timeout + SLACK)
+        held_reads = len(store.history("locked"))
+    finally:
+        os.kill(locker.pid, signal.SIGKILL)
+        locker.wait()
+        for pipe in (locker.stdin, locker.stdout):
+            if pipe is not None:
+                pipe.close()
+
+    recovered = writer.add_until_accepted(time.monotonic() + RECOVERY)
+    writer.check(store.history("locked"))
+    store.close()
+    again = spec.open()
+    try:
+        writer.check(again.history("locked"))
+    finally:
+        again.close()
+
+    record.tried(
+        "another process took the file's write lock (BEGIN EXCLUSIVE) and "
+        f"held it; the handle wrote with timeout={timeout:g} s; the holder "
+        "was then killed with SIGKILL"
+    )
+    record.held(
+        f"the write raised BackendUnavailable after {took:.1f} s while reads "
+        f"still answered ({held_reads} messages); {recovered:.2f} s after the "
+        "kill the same handle wrote again, and a new handle found every "
+        "acknowledged write once"
     )
