@@ -22,7 +22,7 @@ import chatmem
 from chatmem import ChatMemoryError
 from tests.servers import RedisServer, ServerUnavailable
 
-from .backends import Spec
+from .backends import Spec, unique
 from .conftest import Record
 
 PASSWORD = "pw-S3cr3t/xy:zz@y"
@@ -87,6 +87,18 @@ def _cases(
             ("no password set", f"redis://u:{secret}@127.0.0.1:{plain.port}/0", {}),
             ("unreachable", f"redis://:{secret}@127.0.0.1:{closed}/0", {}),
         ]
+    if backend == "rabbitmq":
+        node = request.getfixturevalue("rabbitmq_server")
+        user = unique("user")
+        node.rabbitmqctl("add_user", user, PASSWORD)
+        node.rabbitmqctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        stream = unique("secrets")
+        where = f"127.0.0.1:{node.stream_port}/{stream}"
+        return [
+            ("accepted", f"rabbitmq://{user}:{secret}@{where}", {}),
+            ("wrong password", f"rabbitmq://{user}:{secret}x@{where}", {}),
+            ("unreachable", f"rabbitmq://{user}:{secret}@127.0.0.1:{closed}/s", {}),
+        ]
     spec = make_spec("postgres")
     assert spec.server is not None
     port = spec.server.port
@@ -100,7 +112,7 @@ def _cases(
     ]
 
 
-@pytest.mark.parametrize("backend", ["redis", "postgres"])
+@pytest.mark.parametrize("backend", ["redis", "postgres", "rabbitmq"])
 def test_passwords_never_shown(
     backend: str,
     request: pytest.FixtureRequest,
