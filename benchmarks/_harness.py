@@ -274,13 +274,19 @@ def interleave(
 
     A case is called with the round number and returns the nanoseconds of
     each call it made, so every case can take its own seeded arguments per
-    round. The first ``warmup`` rounds fill caches and are not kept.
+    round. The order rotates by one case every round. The first ``warmup``
+    rounds fill caches and are not kept.
     """
     units = units or {}
     figures = {name: Figure(name, units.get(name, 1)) for name in cases}
+    names = list(cases)
     for number in range(warmup + rounds):
-        for name, case in cases.items():
-            calls = case(number)
+        # Each round starts one case later, so no case always runs first
+        # or always right after the same neighbour (whose leftover work,
+        # a server's flush or a collector's pass, would land on it).
+        shift = number % len(names)
+        for name in names[shift:] + names[:shift]:
+            calls = cases[name](number)
             if number >= warmup:
                 figures[name].calls_ns.extend(calls)
                 figures[name].rounds += 1
