@@ -22,8 +22,12 @@ Writes     Go through to the backend and return once the backend
 Freshness  Several processes may write one store. Before a cached session
            serves a read the tier asks the backend whether that run of
            messages is still exactly what it holds (one small read: how
-           many messages lie between its first and last id, and whether any
-           follow or precede them). With ``cache_staleness`` the check is
+           many messages lie from its first id on, and whether any follow
+           its last or precede its first). SQLite first offers a cheaper
+           answer: while its ``PRAGMA data_version`` stands still no other
+           connection committed, and the session is served at once. A get
+           is served from the tier only when no check is due, since a check
+           costs what the get does. With ``cache_staleness`` the check is
            skipped while the session was checked or read from the backend
            within that age, so a read may miss another process's write, or
            show one it deleted, for at most that long. The log backends
@@ -44,9 +48,9 @@ Deletion   ``delete``, ``delete_session`` and ``delete_user`` reach the
 Stats      ``stats().hot_tier`` (:class:`~chatmem.budget.TierStats`): the
            budget, bytes used, messages and sessions held, hits, misses,
            hit ratio and evictions since open.
-Limits     A message the backend itself evicts for room, or that expires
-           there, shows through the tier until the next check, so with
-           ``cache_staleness`` for at most that age. On PostgreSQL two
+Limits     With ``cache_staleness``, a message the backend itself evicted
+           for room still shows through the tier for at most that age;
+           without it the next read's check drops it. On PostgreSQL two
            writers racing on one session can make a message visible behind
            a newer one (see its reference card); if another message of the
            cached run is deleted in the same instant, count and ends are
@@ -311,12 +315,12 @@ class TieredMemory(BaseChatMessageMemory):
         rows = None
         if session is not None:
             # A full check costs what reading the message from the backend
-            # costs, so a get pays for one only when it buys a while of
-            # unchecked reads (cache_staleness).
+            # costs, so a get pays for one only when it buys later reads
+            # without one: a while of cache_staleness, or a change mark.
             rows = self._serve(
                 session,
                 lambda entry: _pick(entry, message_id),
-                check=self._staleness is not None,
+                check=self._staleness is not None or self._marking,
             )
         if rows is None:
             with self._lock:
@@ -606,6 +610,7 @@ class TieredMemory(BaseChatMessageMemory):
                 return False
             self._drop(victim)
             self._evictions += 1
+            log.debug("hot tier full: evicted a session for %d bytes", nbytes)
         entry.allocations.append(budget.allocate(nbytes, 0))
         return True
 
