@@ -8,6 +8,7 @@ import inspect
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +31,7 @@ from chatmem.backends.memory import ArenaMemory
 T = TypeVar("T")
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "memory":
         return "memory://"
@@ -38,7 +39,14 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         # Served natively (see tests/test_async_native.py), on database 6
         # of the session's server.
         return _emptied_redis(request.getfixturevalue("redis_server"), 6)
+    if request.param == "postgres":
+        return _fresh_postgres(request.getfixturevalue("postgres_server"))
     return f"sqlite:///{tmp_path / 'chat.db'}"
+
+
+def _fresh_postgres(server: Any) -> str:
+    # Reads served natively; a schema of its own starts the ids at 1.
+    return f"{server.url}?schema=t_{uuid.uuid4().hex[:12]}"
 
 
 def _emptied_redis(server: Any, db: int) -> str:
@@ -100,6 +108,8 @@ def test_results_match_the_sync_api(
     other = "memory://" if url == "memory://" else f"sqlite:///{tmp_path / 'b.db'}"
     if url.startswith("redis://"):
         other = _emptied_redis(request.getfixturevalue("redis_server"), 7)
+    if url.startswith("postgresql://"):
+        other = _fresh_postgres(request.getfixturevalue("postgres_server"))
 
     def script_sync(memory: BaseChatMessageMemory) -> list[Any]:
         first = memory.add("s1", "user", "hi", user_id="u1", metadata={"k": [1]})

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 import redis
 
@@ -32,6 +35,7 @@ from chatmem import (
     StoreClosed,
 )
 from chatmem.aio import AsyncChatMemory
+from chatmem.backends._postgres_async import AsyncPostgresMemory
 from chatmem.backends._redis_async import AsyncRedisMemory
 from tests.servers import RedisServer
 from tests.test_async import LoopWatch, _comparable, run_watched
@@ -295,7 +299,7 @@ def _bad_calls(
     return [
         ("role", lambda m: m.add("s1", "narrator", "hi")),
         ("empty session", lambda m: m.add("", "user", "hi")),
-        ("big", lambda m: m.add("s1", "user", "x" * 2600)),
+        ("big", lambda m: m.add("s1", "user", "x" * 2900)),
         ("metadata", lambda m: m.add("s1", "user", "hi", metadata={"k": {1, 2}})),
         (
             "batch",
@@ -553,3 +557,219 @@ def test_close_waits_for_native_calls_in_flight(
     asyncio.run(main())
     with chatmem.open(redis_url) as memory:
         assert [m.content for m in memory.history("s1")] == ["hi", "in flight"]
+
+
+# -- PostgreSQL: native reads ------------------------------------------------
+
+
+@pytest.fixture
+def pg_url(postgres_server: Any) -> str:
+    return str(postgres_server.url)
+
+
+def _schema() -> str:
+    """A schema of its own, so tables and id sequences start empty."""
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+async def _native_reads(memory: AsyncChatMemory, first: Message) -> None:
+    assert first.id is not None
+    await memory.get(first.id)
+    await memory.retrieve(first.id)
+    await memory.history("s1", last=1)
+    await memory.history("s1", after=first.id, limit=5)
+    await memory.history("s1", before=first.id, limit=0)
+    await memory.query(user_id="u1")
+    await memory.query(session_id="s1", role="user")
+    await memory.sessions()
+    await memory.sessions("u1")
+    await memory.count()
+    await memory.count(session_id="s1", user_id="u1")
+
+
+@pytest.mark.parametrize("capacity", [None, 1 << 20])
+def test_postgres_is_opened_natively_and_reads_use_no_thread(
+    pg_url: str, capacity: int | None
+) -> None:
+    async def main(executor: CountingExecutor) -> tuple[int, int]:
+        memory = await chatmem.open_async(
+            pg_url, schema=_schema(), capacity_bytes=capacity
+        )
+        assert isinstance(memory, AsyncPostgresMemory)
+        first = await memory.add("s1", "user", "hi", user_id="u1")
+        before = executor.submitted
+        await _native_reads(memory, first)
+        reads = executor.submitted - before
+
+        # Writes go to the twin in a worker thread, as documented.
+        await memory.add("s1", "user", "again")
+        writes = executor.submitted - before - reads
+        await memory.close()
+        return reads, writes
+
+    reads, writes = run_counted(main)
+    assert reads == 0
+    assert writes == 1
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"capacity_bytes": 1 << 20, "policy": "evict-lru-session"},
+        {"retention": timedelta(days=365 * 50)},
+        {"namespace": "tenant a", "retries": 0},
+    ],
+    ids=["plain", "lru", "retention", "namespace"],
+)
+def test_postgres_results_equal_the_sync_api(
+    pg_url: str, options: dict[str, Any]
+) -> None:
+    with chatmem.open(pg_url, schema=_schema(), **options) as sync_store:
+        want = _script_sync(sync_store)
+
+    async def main() -> list[Any]:
+        async with await chatmem.open_async(
+            pg_url, schema=_schema(), **options
+        ) as memory:
+            return await _script_async(memory)
+
+    assert _comparable(asyncio.run(main())) == _comparable(want)
+
+
+def _postgres_bad_calls(other: str) -> list[tuple[str, Callable[[Any], Any]]]:
+    # PostgresMemory reads the id "01" as 1, so that get finds a message.
+    return [(name, call) for name, call in _bad_calls(other) if name != "get id"]
+
+
+def test_postgres_errors_equal_the_sync_api(pg_url: str) -> None:
+    options: dict[str, Any] = {"capacity_bytes": 3000, "max_message_bytes": 4000}
+    with chatmem.open(pg_url, schema=_schema(), **options) as sync_store:
+        other = sync_store.add("s2", "user", "elsewhere").id or ""
+        want = [
+            (name, _failure(call, sync_store))
+            for name, call in _postgres_bad_calls(other)
+        ]
+        nul = _failure(lambda m: m.history("a\x00b"), sync_store)
+
+    async def main() -> tuple[list[Any], Any]:
+        memory = await chatmem.open_async(pg_url, schema=_schema(), **options)
+        assert (await memory.add("s2", "user", "elsewhere")).id == other
+        got = [
+            (name, await _async_failure(call, memory))
+            for name, call in _postgres_bad_calls(other)
+        ]
+        got_nul = await _async_failure(lambda m: m.history("a\x00b"), memory)
+        await memory.close()
+        with pytest.raises(StoreClosed):
+            await memory.history("s1")
+        return got, got_nul
+
+    got, got_nul = asyncio.run(main())
+    assert got == want
+    assert got_nul == nul
+    assert nul[0] is InvalidMessage
+
+
+def test_postgres_many_readers_at_once(pg_url: str) -> None:
+    async def main() -> None:
+        async with await chatmem.open_async(pg_url, schema=_schema()) as memory:
+            stored = {
+                n: await memory.add_messages(
+                    Message(session_id=f"s{n}", role="user", content=f"{n}:{i}")
+                    for i in range(30)
+                )
+                for n in range(10)
+            }
+            reads = await asyncio.gather(
+                *(memory.history(f"s{n % 10}", last=20) for n in range(100))
+            )
+            for n, found in enumerate(reads):
+                assert found == stored[n % 10][-20:]
+
+    asyncio.run(main())
+
+
+def test_postgres_stopped_server_raises_backend_unavailable_within_the_timeout(
+    postgres_server: Any,
+) -> None:
+    timeout = 2.0
+
+    async def main() -> None:
+        memory = await chatmem.open_async(
+            postgres_server.url, schema=_schema(), timeout=timeout, retries=1
+        )
+        kept = await memory.add("s", "user", "kept")
+        postgres_server.stop()
+        try:
+            calls: list[Callable[[], Awaitable[Any]]] = [
+                lambda: memory.history("s", last=20),
+                lambda: memory.get(kept.id or ""),
+                lambda: memory.count(),
+                lambda: memory.query(session_id="s"),
+            ]
+            for call in calls:
+                began = time.monotonic()
+                with pytest.raises(BackendUnavailable) as caught:
+                    await call()
+                assert time.monotonic() - began < timeout + 1
+                assert "PostgreSQL at" in str(caught.value)
+        finally:
+            postgres_server.start()
+        # The pools replace their broken connections; nothing was lost.
+        assert await memory.history("s") == [kept]
+        await memory.add("s", "user", "after")
+        assert await memory.count() == 2
+        await memory.close()
+
+    asyncio.run(main())
+
+
+def test_postgres_reads_do_not_block_the_loop_while_a_lock_holds_them(
+    pg_url: str,
+) -> None:
+    schema = _schema()
+
+    async def main() -> tuple[list[float], LoopWatch]:
+        memory = await chatmem.open_async(pg_url, schema=schema)
+        first = await memory.add("s1", "user", "hi", user_id="u1")
+        holder: psycopg.Connection[tuple[Any, ...]] = await asyncio.to_thread(
+            lambda: psycopg.connect(pg_url, autocommit=True)
+        )
+        table = f'"{schema}"."chatmem_messages"'
+        calls: list[Callable[[], Awaitable[Any]]] = [
+            lambda: memory.get(first.id or ""),
+            lambda: memory.history("s1", last=20),
+            lambda: memory.query(user_id="u1"),
+            lambda: memory.sessions(),
+            lambda: memory.count(),
+        ]
+        waits = []
+        loop = asyncio.get_running_loop()
+        async with LoopWatch(threshold=PAUSE / 2) as watch:
+            for call in calls:
+                # An exclusive lock makes every read of the table wait for
+                # the holder's commit, PAUSE seconds later.
+                holder.execute("BEGIN")
+                holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+                loop.call_later(PAUSE, holder.execute, "COMMIT")
+                began = time.perf_counter()
+                await call()
+                waits.append(time.perf_counter() - began)
+        holder.close()
+        await memory.close()
+        return waits, watch
+
+    waits, watch = run_watched(main)
+    assert min(waits) > PAUSE * 0.8
+    watch.assert_never_blocked()
+
+
+@pytest.mark.parametrize("face", [AsyncRedisMemory, AsyncPostgresMemory])
+def test_native_methods_keep_the_sync_signatures(face: type[AsyncChatMemory]) -> None:
+    for name, value in vars(BaseChatMessageMemory).items():
+        if name.startswith("_") or not inspect.isfunction(value):
+            continue
+        native = getattr(face, name)
+        assert inspect.iscoroutinefunction(native), name
+        assert inspect.signature(native) == inspect.signature(value), name

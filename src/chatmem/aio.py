@@ -47,14 +47,20 @@ working through the thread offload. Closing waits for the offloaded
 calls, then for ``_close_native`` (the native calls in flight and the
 native client), then closes the twin.
 
-Redis is native: redis.asyncio runs the synchronous store's own
-operation plans for writes, reads, counts and deletes (see
-:mod:`chatmem.backends._redis_async`); its native calls are bounded by
-its connection pool, not by ``max_concurrency``. Memory and sqlite do
-in-process work that a thread serves as well as a loop could. PostgreSQL
-runs through the thread offload for now: its writes hold a transaction
-across several statements, which its native face would have to drive as
-plans the way Redis does. Kafka stays offloaded too: its reads come from
+Stores whose reads are plans (:class:`PlannedReads`) get their native
+face from :class:`NativeChatMemory`, which runs those plans with an
+asyncio client; its calls are bounded by that client's pool, not by
+``max_concurrency``.
+
+Redis is native for writes, reads, counts and deletes: redis.asyncio
+runs the synchronous store's own operation plans (see
+:mod:`chatmem.backends._redis_async`). PostgreSQL is native for reads
+(``get``, ``history``, ``query``, ``sessions``, ``count``) on psycopg's
+asyncio pool (:mod:`chatmem.backends._postgres_async`); its writes and
+deletes stay on the thread offload, because a bounded store's write is
+one transaction of several pipelined statements that are not plans
+yet. Memory and sqlite do in-process work that a thread serves as well
+as a loop could. Kafka stays offloaded too: its reads come from
 the local index with no broker round trip, and confluent_kafka.aio
 (2.16) runs produce and poll in a thread pool of its own, so it would
 trade one thread hop for another. RabbitMQ's rstream client is asyncio inside, but
@@ -68,18 +74,23 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from chatmem.base import BaseChatMessageMemory
+from chatmem.base import BaseChatMessageMemory, QueryArgs
 from chatmem.budget import Allocation, MemoryStats
-from chatmem.errors import InvalidMessage, StoreClosed
-from chatmem.message import Message
+from chatmem.errors import InvalidMessage, MessageNotFound, StoreClosed
+from chatmem.message import Message, check_id
 from chatmem.registry import backend_class, open_url
 
-__all__ = ["DEFAULT_MAX_CONCURRENCY", "AsyncChatMemory", "open_async"]
+__all__ = [
+    "DEFAULT_MAX_CONCURRENCY",
+    "AsyncChatMemory",
+    "NativeChatMemory",
+    "open_async",
+]
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +381,180 @@ class AsyncChatMemory:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._memory!r}>"
+
+
+#: A backend operation as a generator: it yields requests (commands,
+#: statements), receives their replies and returns the result.
+Plan = Generator[Any, Any, T]
+
+
+class PlannedReads(Protocol):
+    """What a store offers a native face: its reads written as plans.
+
+    Each plan takes the arguments of the hook of the same name without
+    ``_plan`` (``_get``, ``_history`` ...), already checked, and returns
+    what that hook returns.
+    """
+
+    def _get_plan(self, message_id: str) -> Plan[Message | None]: ...
+
+    def _history_plan(
+        self,
+        session_id: str,
+        before: str | None,
+        after: str | None,
+        count: int | None,
+        newest: bool,
+    ) -> Plan[list[Message]]: ...
+
+    def _query_plan(
+        self,
+        session_id: str | None,
+        user_id: str | None,
+        start: datetime | None,
+        end: datetime | None,
+        role: str | None,
+        limit: int | None,
+    ) -> Plan[list[Message]]: ...
+
+    def _sessions_plan(self, user_id: str | None) -> Plan[list[str]]: ...
+
+    def _count_plan(self, session_id: str | None, user_id: str | None) -> Plan[int]: ...
+
+
+class NativeChatMemory(AsyncChatMemory):
+    """A store whose reads run on the event loop, with an asyncio client.
+
+    The synchronous store writes its reads as plans (generators that
+    yield requests and receive replies, see :class:`PlannedReads`) and
+    runs them itself with its blocking client; a subclass runs the same
+    plans by implementing :meth:`_send` with the asyncio client of the
+    same server. The checks are the synchronous store's own, so the
+    results and errors are the same. Writes and the other methods stay
+    on the thread offload unless the subclass serves them too.
+    """
+
+    def __init__(
+        self,
+        memory: BaseChatMessageMemory,
+        plans: PlannedReads,
+        *,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    ) -> None:
+        super().__init__(memory, max_concurrency=max_concurrency)
+        self._plans = plans
+        self._in_flight = 0
+        self._settled = asyncio.Event()
+        self._settled.set()
+
+    async def _send(self, request: Any) -> Any:
+        """Send one request of a plan with the asyncio client; its reply."""
+        raise NotImplementedError
+
+    async def _close_client(self) -> None:
+        """Close the asyncio client, once no native call is in flight."""
+
+    def _check(self) -> None:
+        if self._closing:
+            raise StoreClosed(type(self._memory).__name__)
+        self._memory._check_open()
+
+    async def _drive(self, plan: Plan[T]) -> T:
+        """Run a plan's requests in turn; return what the plan returns."""
+        self._in_flight += 1
+        self._settled.clear()
+        try:
+            request = next(plan)
+            while True:
+                request = plan.send(await self._send(request))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._settled.set()
+
+    async def _close_native(self) -> None:
+        await self._settled.wait()
+        await self._close_client()
+
+    # -- reading ---------------------------------------------------------
+
+    async def get(self, message_id: str) -> Message:
+        """Return the message with this id, or raise MessageNotFound."""
+        self._check()
+        if not isinstance(message_id, str):
+            raise MessageNotFound(repr(message_id))
+        found = await self._drive(self._plans._get_plan(message_id))
+        if found is None or self._memory._expired(found):
+            raise MessageNotFound(message_id)
+        return found
+
+    async def retrieve(self, message_id: str) -> Message:
+        """Return the message with this id (the generic name of get)."""
+        return await self.get(message_id)
+
+    async def history(
+        self,
+        session_id: str,
+        *,
+        last: int | None = None,
+        limit: int | None = None,
+        before: str | None = None,
+        after: str | None = None,
+    ) -> list[Message]:
+        """Return a session's messages in the order the store accepted them."""
+        self._check()
+        before, after, count, newest = self._memory._history_args(
+            session_id, last, limit, before, after
+        )
+        if count == 0:
+            for cursor in (before, after):
+                if cursor is not None:
+                    found = await self._drive(self._plans._get_plan(cursor))
+                    if found is None or found.session_id != session_id:
+                        raise MessageNotFound(cursor)
+            return []
+        plan = self._plans._history_plan(session_id, before, after, count, newest)
+        return await self._drive(plan)
+
+    async def query(
+        self,
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        role: str | None = None,
+        limit: int | None = None,
+    ) -> list[Message]:
+        """Return messages matching every filter, ordered by time."""
+        self._check()
+        args: QueryArgs | None = self._memory._query_args(
+            session_id, user_id, start, end, role, limit
+        )
+        if args is None:
+            return []
+        return await self._drive(self._plans._query_plan(*args))
+
+    async def sessions(self, user_id: str | None = None) -> list[str]:
+        """Return the ids of sessions holding messages, sorted."""
+        self._check()
+        if user_id is not None:
+            check_id(user_id, "user id")
+        return await self._drive(self._plans._sessions_plan(user_id))
+
+    async def count(
+        self, *, session_id: str | None = None, user_id: str | None = None
+    ) -> int:
+        """Return how many messages match the filters in this namespace."""
+        self._check()
+        if session_id is not None:
+            check_id(session_id, "session id")
+        if user_id is not None:
+            check_id(user_id, "user id")
+        return await self._drive(self._plans._count_plan(session_id, user_id))
 
 
 async def open_async(

@@ -37,7 +37,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import (
@@ -50,10 +50,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
-from chatmem.aio import AsyncChatMemory
+from chatmem.aio import NativeChatMemory
 from chatmem.backends.redis import (
     LIBRARY,
-    Plan,
     RedisMemory,
     already_loaded,
     library_missing,
@@ -61,12 +60,10 @@ from chatmem.backends.redis import (
     parse_url,
     pool_options,
 )
-from chatmem.errors import MessageNotFound, StoreClosed
+from chatmem.errors import MessageNotFound
 from chatmem.message import Message, check_id
 
 __all__ = ["AsyncRedisMemory", "open_redis"]
-
-T = TypeVar("T")
 
 
 async def open_redis(
@@ -103,7 +100,7 @@ async def open_redis(
         raise
 
 
-class AsyncRedisMemory(AsyncChatMemory):
+class AsyncRedisMemory(NativeChatMemory):
     """A :class:`~chatmem.backends.redis.RedisMemory` whose methods are
     coroutines served on the event loop; see the module docstring."""
 
@@ -114,38 +111,14 @@ class AsyncRedisMemory(AsyncChatMemory):
         *,
         max_concurrency: int,
     ) -> None:
-        super().__init__(memory, max_concurrency=max_concurrency)
+        super().__init__(memory, memory, max_concurrency=max_concurrency)
         self._redis = memory
         self._pool = pool
         self._client = Redis(connection_pool=pool)
         self._connections = asyncio.Semaphore(memory.max_connections)
         self._writers: list[_Writer] = []
-        self._in_flight = 0
-        self._settled = asyncio.Event()
-        self._settled.set()
 
-    # -- running plans ---------------------------------------------------
-
-    def _check(self) -> None:
-        if self._closing:
-            raise StoreClosed(type(self._memory).__name__)
-        self._memory._check_open()
-
-    async def _drive(self, plan: Plan[T]) -> T:
-        """Run a plan's commands on the asyncio pool."""
-        self._in_flight += 1
-        self._settled.clear()
-        try:
-            request = next(plan)
-            while True:
-                request = plan.send(await self._send(request))
-        except StopIteration as done:
-            result: T = done.value
-            return result
-        finally:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._settled.set()
+    # -- talking to the server -------------------------------------------
 
     async def _send(self, request: list[Any]) -> Any:
         begun = time.monotonic()
@@ -187,6 +160,10 @@ class AsyncRedisMemory(AsyncChatMemory):
             if not already_loaded(exc):
                 raise
         return await execute(*request)
+
+    async def _close_client(self) -> None:
+        await self._client.aclose()
+        await self._pool.disconnect()
 
     async def _write(self, prepared: list[Any]) -> list[Message]:
         memory = self._redis
@@ -236,83 +213,6 @@ class AsyncRedisMemory(AsyncChatMemory):
         assert stored.id is not None  # the store assigns one
         return stored.id
 
-    # -- reading ---------------------------------------------------------
-
-    async def get(self, message_id: str) -> Message:
-        """Return the message with this id, or raise MessageNotFound."""
-        self._check()
-        if not isinstance(message_id, str):
-            raise MessageNotFound(repr(message_id))
-        found = await self._drive(self._redis._get_plan(message_id))
-        if found is None or self._redis._expired(found):
-            raise MessageNotFound(message_id)
-        return found
-
-    async def retrieve(self, message_id: str) -> Message:
-        """Return the message with this id (the generic name of get)."""
-        return await self.get(message_id)
-
-    async def history(
-        self,
-        session_id: str,
-        *,
-        last: int | None = None,
-        limit: int | None = None,
-        before: str | None = None,
-        after: str | None = None,
-    ) -> list[Message]:
-        """Return a session's messages in the order the store accepted them."""
-        self._check()
-        memory = self._redis
-        before, after, count, newest = memory._history_args(
-            session_id, last, limit, before, after
-        )
-        if count == 0:
-            for cursor in (before, after):
-                if cursor is not None:
-                    found = await self._drive(memory._get_plan(cursor))
-                    if found is None or found.session_id != session_id:
-                        raise MessageNotFound(cursor)
-            return []
-        plan = memory._history_plan(session_id, before, after, count, newest)
-        return await self._drive(plan)
-
-    async def query(
-        self,
-        *,
-        session_id: str | None = None,
-        user_id: str | None = None,
-        start: datetime | None = None,
-        end: datetime | None = None,
-        role: str | None = None,
-        limit: int | None = None,
-    ) -> list[Message]:
-        """Return messages matching every filter, ordered by time."""
-        self._check()
-        memory = self._redis
-        args = memory._query_args(session_id, user_id, start, end, role, limit)
-        if args is None:
-            return []
-        return await self._drive(memory._query_plan(*args))
-
-    async def sessions(self, user_id: str | None = None) -> list[str]:
-        """Return the ids of sessions holding messages, sorted."""
-        self._check()
-        if user_id is not None:
-            check_id(user_id, "user id")
-        return await self._drive(self._redis._sessions_plan(user_id))
-
-    async def count(
-        self, *, session_id: str | None = None, user_id: str | None = None
-    ) -> int:
-        """Return how many messages match the filters in this namespace."""
-        self._check()
-        if session_id is not None:
-            check_id(session_id, "session id")
-        if user_id is not None:
-            check_id(user_id, "user id")
-        return await self._drive(self._redis._count_plan(session_id, user_id))
-
     # -- deleting --------------------------------------------------------
 
     async def delete(self, message_id: str) -> None:
@@ -334,13 +234,6 @@ class AsyncRedisMemory(AsyncChatMemory):
         self._check()
         check_id(user_id, "user id")
         return await self._drive(self._redis._delete_user_plan(user_id))
-
-    # -- lifecycle -------------------------------------------------------
-
-    async def _close_native(self) -> None:
-        await self._settled.wait()
-        await self._client.aclose()
-        await self._pool.disconnect()
 
 
 class _Writer:

@@ -52,6 +52,11 @@ Failures   A lost server surfaces as :class:`BackendUnavailable` within
 Deletion   ``delete``, ``delete_session``, ``delete_user`` and retention
            remove rows at once; the space returns to the budget at commit
            and to the disk after (auto)vacuum.
+Asyncio    :func:`chatmem.open_async` serves ``get``, ``history``,
+           ``query``, ``sessions`` and ``count`` natively on psycopg's
+           asyncio pool with the same statements as this class (both run
+           its read plans); writes and deletes run in worker threads. See
+           :mod:`chatmem.backends._postgres_async`.
 Limits     Session, user and namespace ids cannot hold NUL characters
            (PostgreSQL text cannot store them); such ids raise
            :class:`InvalidMessage`. Content and metadata may hold anything.
@@ -69,11 +74,11 @@ import re
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -97,7 +102,16 @@ from chatmem.message import (
     with_id,
 )
 
+if TYPE_CHECKING:
+    from chatmem.aio import AsyncChatMemory
+
 __all__ = ["PostgresMemory"]
+
+T = TypeVar("T")
+
+#: A read as a generator: it yields statements (SQL and parameters),
+#: receives their rows and returns the read's result.
+Plan = Generator[tuple[str, Sequence[Any]], list[tuple[Any, ...]], T]
 
 log = logging.getLogger(__name__)
 
@@ -308,21 +322,7 @@ class PostgresMemory(BaseChatMessageMemory):
 
         self._create_schema()
         self._pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = (
-            ConnectionPool(
-                self._conninfo,
-                kwargs=self._kwargs,
-                min_size=1,
-                max_size=self.pool_size,
-                open=False,
-                timeout=self.timeout,
-                # Give up a chain of failed reconnects within the timeout:
-                # the next request then starts a fresh attempt at once
-                # instead of waiting out a long backoff after the server
-                # came back.
-                reconnect_timeout=self.timeout,
-                num_workers=1,
-                name="chatmem",
-            )
+            ConnectionPool(**self._pool_options())
         )
         # Wait for the first connection here: a first operation that found
         # the pool still connecting would make it open a second one, and a
@@ -332,17 +332,47 @@ class PostgresMemory(BaseChatMessageMemory):
             self._pool.open(wait=True, timeout=self.timeout)
         except PoolTimeout:
             self._pool.close()
-            raise BackendUnavailable(
-                f"PostgreSQL at {self._where} gave no connection within "
-                f"{self.timeout:g} s; the server may be down, unreachable "
-                "or out of connections."
-            ) from None
+            raise self._no_connection() from None
+
+    def _pool_options(self) -> dict[str, Any]:
+        """Return the options of the handle's pools, blocking or asyncio."""
+        return {
+            "conninfo": self._conninfo,
+            "kwargs": self._kwargs,
+            "min_size": 1,
+            "max_size": self.pool_size,
+            "open": False,
+            "timeout": self.timeout,
+            # Give up a chain of failed reconnects within the timeout: the
+            # next request then starts a fresh attempt at once instead of
+            # waiting out a long backoff after the server came back.
+            "reconnect_timeout": self.timeout,
+            "num_workers": 1,
+            "name": "chatmem",
+        }
+
+    def _no_connection(self) -> BackendUnavailable:
+        return BackendUnavailable(
+            f"PostgreSQL at {self._where} gave no connection within "
+            f"{self.timeout:g} s; the server may be down, unreachable "
+            "or out of connections."
+        )
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresMemory:
         """Open the database named by a ``postgresql://`` URL."""
         conninfo, from_query = split_url(url)
         return cls(conninfo, **{**from_query, **options})
+
+    @classmethod
+    async def open_async(
+        cls, url: str, *, max_concurrency: int, **options: Any
+    ) -> AsyncChatMemory:
+        """Open the database for asyncio, its reads served by psycopg's
+        asyncio pool; see :mod:`chatmem.backends._postgres_async`."""
+        from chatmem.backends._postgres_async import open_postgres
+
+        return await open_postgres(cls, url, max_concurrency=max_concurrency, **options)
 
     # -- names -----------------------------------------------------------
 
@@ -455,11 +485,7 @@ class PostgresMemory(BaseChatMessageMemory):
             try:
                 conn = self._pool.getconn(timeout=max(remaining, 0.001))
             except PoolTimeout:
-                raise BackendUnavailable(
-                    f"PostgreSQL at {self._where} gave no connection within "
-                    f"{self.timeout:g} s; the server may be down, unreachable "
-                    "or out of connections."
-                ) from None
+                raise self._no_connection() from None
             except PoolClosed:
                 raise StoreClosed(type(self).__name__) from None
             if _alive(conn):
@@ -491,19 +517,40 @@ class PostgresMemory(BaseChatMessageMemory):
             try:
                 return conn.execute(sql, params, binary=True).fetchall()
             except psycopg.OperationalError as exc:
-                if (
-                    conn.broken
-                    and attempt < self.retries
-                    and time.monotonic() < deadline
-                ):
+                if self._retry_read(conn.broken, attempt, deadline):
                     attempt += 1
-                    log.info("retrying a read after a broken connection")
                     continue
                 raise self._wrap(exc) from exc
             except psycopg.Error as exc:
                 raise self._wrap(exc) from exc
             finally:
                 self._pool.putconn(conn)
+
+    def _retry_read(self, broken: bool, attempt: int, deadline: float) -> bool:
+        """Tell whether a read that failed on its connection goes again.
+
+        Only when the connection broke (a fresh one may work), ``retries``
+        are left and the deadline has not passed.
+        """
+        if broken and attempt < self.retries and time.monotonic() < deadline:
+            log.info("retrying a read after a broken connection")
+            return True
+        return False
+
+    def _drive(self, plan: Plan[T]) -> T:
+        """Run a read plan's statements in turn; return what it returns.
+
+        The asyncio face (``open_async``) runs the same plans on psycopg's
+        asyncio pool, so both send the same SQL and decode rows alike.
+        """
+        read = self._read
+        try:
+            statement = next(plan)
+            while True:
+                statement = plan.send(read(*statement))
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
     @contextmanager
     def _transaction(self) -> Iterator[_Tx]:
@@ -732,10 +779,13 @@ class PostgresMemory(BaseChatMessageMemory):
     # -- reading ---------------------------------------------------------
 
     def _get(self, message_id: str) -> Message | None:
+        return self._drive(self._get_plan(message_id))
+
+    def _get_plan(self, message_id: str) -> Plan[Message | None]:
         seq = _seq(message_id)
         if seq is None:
             return None
-        rows = self._read(self._sql.get, (seq, self.namespace))
+        rows = yield self._sql.get, (seq, self.namespace)
         if not rows:
             return None
         message = _to_messages(rows)[0]
@@ -750,6 +800,16 @@ class PostgresMemory(BaseChatMessageMemory):
         count: int | None,
         newest: bool,
     ) -> list[Message]:
+        return self._drive(self._history_plan(session_id, before, after, count, newest))
+
+    def _history_plan(
+        self,
+        session_id: str,
+        before: str | None,
+        after: str | None,
+        count: int | None,
+        newest: bool,
+    ) -> Plan[list[Message]]:
         if (
             newest
             and count is not None
@@ -759,7 +819,7 @@ class PostgresMemory(BaseChatMessageMemory):
         ):
             # history(last=k), the read behind every prompt: one fixed
             # statement rather than one assembled per call.
-            rows = self._read(self._sql.last, (self.namespace, session_id, count))
+            rows = yield self._sql.last, (self.namespace, session_id, count)
             rows.reverse()
             self._touch(session_id)
             return _to_messages(rows)
@@ -769,7 +829,7 @@ class PostgresMemory(BaseChatMessageMemory):
         for cursor, op in ((before, "<"), (after, ">")):
             if cursor is not None:
                 where.append(f"seq {op} %s")
-                params.append(self._cursor_seq(session_id, cursor))
+                params.append((yield from self._cursor_seq(session_id, cursor)))
         cutoff = self._cutoff()
         if cutoff is not None:
             where.append("created_at >= %s")
@@ -783,16 +843,16 @@ class PostgresMemory(BaseChatMessageMemory):
         if count is not None:
             sql += " LIMIT %s"
             params.append(count)
-        rows = self._read(sql, params)
+        rows = yield sql, params
         if newest:
             rows.reverse()
         self._touch(session_id)
         return _to_messages(rows)
 
-    def _cursor_seq(self, session_id: str, cursor: str) -> int:
+    def _cursor_seq(self, session_id: str, cursor: str) -> Plan[int]:
         seq = _seq(cursor)
         if seq is not None:
-            rows = self._read(self._sql.cursor, (seq, self.namespace))
+            rows = yield self._sql.cursor, (seq, self.namespace)
             if rows and rows[0][0] == session_id:
                 return seq
         raise MessageNotFound(cursor)
@@ -835,6 +895,19 @@ class PostgresMemory(BaseChatMessageMemory):
         role: str | None,
         limit: int | None,
     ) -> list[Message]:
+        return self._drive(
+            self._query_plan(session_id, user_id, start, end, role, limit)
+        )
+
+    def _query_plan(
+        self,
+        session_id: str | None,
+        user_id: str | None,
+        start: datetime | None,
+        end: datetime | None,
+        role: str | None,
+        limit: int | None,
+    ) -> Plan[list[Message]]:
         where = ["ns = %s"]
         params: list[Any] = [self.namespace]
         if session_id is not None:
@@ -860,14 +933,17 @@ class PostgresMemory(BaseChatMessageMemory):
         if limit is not None:
             sql += " LIMIT %s"
             params.append(limit)
-        return _to_messages(self._read(sql, params))
+        return _to_messages((yield sql, params))
 
     def _sessions(self, user_id: str | None) -> list[str]:
+        return self._drive(self._sessions_plan(user_id))
+
+    def _sessions_plan(self, user_id: str | None) -> Plan[list[str]]:
         if self._accounting and user_id is None and self.retention is None:
-            rows = self._read(self._sql.sessions, (self.namespace,))
+            rows = yield self._sql.sessions, (self.namespace,)
         else:
             where, params = self._filters(None, user_id)
-            rows = self._read(
+            rows = yield (
                 f"SELECT DISTINCT session FROM {self._names['messages']}"
                 f" WHERE {where} ORDER BY session",
                 params,
@@ -875,15 +951,19 @@ class PostgresMemory(BaseChatMessageMemory):
         return [row[0] for row in rows]
 
     def _count(self, session_id: str | None, user_id: str | None) -> int:
+        return self._drive(self._count_plan(session_id, user_id))
+
+    def _count_plan(self, session_id: str | None, user_id: str | None) -> Plan[int]:
         if self._accounting and user_id is None and self.retention is None:
             if session_id is None:
-                rows = self._read(self._sql.count_ns, (self.namespace,))
+                rows = yield self._sql.count_ns, (self.namespace,)
             else:
-                rows = self._read(self._sql.count_session, (self.namespace, session_id))
+                rows = yield self._sql.count_session, (self.namespace, session_id)
             return int(rows[0][0])
         where, params = self._filters(session_id, user_id)
-        rows = self._read(
-            f"SELECT count(*) FROM {self._names['messages']} WHERE {where}", params
+        rows = yield (
+            f"SELECT count(*) FROM {self._names['messages']} WHERE {where}",
+            params,
         )
         return int(rows[0][0])
 
@@ -1057,7 +1137,7 @@ def _where(params: dict[str, Any]) -> str:
     return f"{user}@{where}" if user else where
 
 
-def _alive(conn: psycopg.Connection[tuple[Any, ...]]) -> bool:
+def _alive(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     """Tell whether an idle pooled connection is still open, without a
     round trip.
 
