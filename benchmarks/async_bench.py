@@ -21,15 +21,26 @@ counter; a read is one ``ZREVRANGE key 0 19`` with ``json.loads`` per
 row. The peer is the OpenAI Agents SDK's ``RedisSession``
 (``add_items``, ``get_items(limit=20)``), one per session.
 
+For PostgreSQL, where chatmem's native face serves reads and sends
+writes to its thread offload, the raw baseline is psycopg's
+``AsyncConnectionPool`` (as many connections as chatmem's pool) on the
+tables chatmem creates: one ``INSERT ... RETURNING seq`` per add and the
+indexed ``SELECT ... ORDER BY seq DESC LIMIT 20`` in binary per read,
+the statements of ``benchmarks/postgres_bench.py``. The peer is the
+Agents SDK's ``SQLAlchemySession`` over asyncpg.
+
 Figures: the median and p99 of each call as a task sees it (waits for
 the pool or for a thread included), and the throughput of the whole
 round (calls of both kinds per second of wall time), set beside the raw
-client's. The server is one the script starts on loopback with
-persistence off, or the one at ``--url`` (its database is flushed). Run
-from the repository root::
+client's. The servers are ones the script starts on loopback (those of
+``redis_bench.py`` and ``postgres_bench.py``: Redis without persistence,
+PostgreSQL with its defaults), or the ones at ``--redis`` and
+``--postgres`` (a Redis database is flushed; PostgreSQL gets schemas
+``abench_*``, dropped first). Run from the repository root::
 
-    .venv/bin/python benchmarks/async_bench.py            # ~2 minutes
-    .venv/bin/python benchmarks/async_bench.py --quick    # ~40 s
+    .venv/bin/python benchmarks/async_bench.py            # ~5 minutes
+    .venv/bin/python benchmarks/async_bench.py --quick    # ~2 minutes
+    .venv/bin/python benchmarks/async_bench.py --only redis
 
 The report goes to ``benchmarks/results/async.md`` (``async-quick.md``
 with ``--quick``) and to standard output.
@@ -41,22 +52,19 @@ import argparse
 import asyncio
 import itertools
 import json
-import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import redis
 import redis.asyncio
 from _harness import (
@@ -75,7 +83,16 @@ from chatmem.aio import AsyncChatMemory
 
 warnings.simplefilter("ignore")  # the peers' deprecation notices
 
-from agents.extensions.memory import RedisSession  # noqa: E402
+from agents.extensions.memory import RedisSession, SQLAlchemySession  # noqa: E402
+from postgres_bench import (  # noqa: E402
+    RAW_HISTORY,
+    RAW_INSERT,
+    raw_row,
+)
+from postgres_bench import local_server as local_postgres  # noqa: E402
+from psycopg_pool import AsyncConnectionPool  # noqa: E402
+from redis_bench import local_server as local_redis  # noqa: E402
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -83,10 +100,13 @@ MICRO = timedelta(microseconds=1)
 ROLE_CODES = {"system": 0, "user": 1, "assistant": 2, "tool": 3}
 PREFILL = 40
 
+# postgres_bench's statements, on this script's own schema.
+PG_INSERT = RAW_INSERT.replace("raw.", "abench_raw.")
+PG_HISTORY = RAW_HISTORY.replace("raw.", "abench_raw.")
+
 NATIVE = "chatmem native"
 OFFLOAD = "chatmem thread offload"
-RAW = "raw redis.asyncio, same writes"
-AGENTS = "Agents SDK RedisSession"
+RAW = "raw asyncio client, same work"
 
 
 @dataclass
@@ -101,46 +121,6 @@ class Plan:
 
 FULL = Plan(levels=[1, 8, 64], calls=640, rounds=15)
 QUICK = Plan(levels=[1, 8, 64], calls=320, rounds=5)
-
-
-# -- a server -----------------------------------------------------------------
-
-
-@contextmanager
-def local_redis() -> Iterator[str]:
-    """Start a throwaway Redis on loopback; yield its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed: apt-get install redis-server")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    folder = tempfile.mkdtemp(prefix="chatmem-async-bench-")
-    process = subprocess.Popen(
-        [
-            binary,
-            *("--port", str(port), "--bind", "127.0.0.1", "--dir", folder),
-            *("--save", "", "--appendonly", "no"),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        client = redis.Redis(port=port)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(30)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- the systems --------------------------------------------------------------
@@ -198,7 +178,7 @@ class ChatmemSystem(System):
 class RawRedis(System):
     """What a developer writes with redis.asyncio alone for the same work."""
 
-    name = RAW
+    name = "raw redis.asyncio, same writes"
 
     def __init__(self, url: str) -> None:
         self.client = redis.asyncio.Redis.from_url(url)
@@ -245,7 +225,7 @@ def agents_item(turn: Turn) -> dict[str, Any]:
 class AgentsRedis(System):
     """The Agents SDK's RedisSession, one per session, on one client."""
 
-    name = AGENTS
+    name = "Agents SDK RedisSession"
 
     def __init__(self, url: str) -> None:
         self.client = redis.asyncio.Redis.from_url(url)
@@ -270,19 +250,107 @@ class AgentsRedis(System):
         await self.client.aclose()
 
 
-async def open_systems(url: str) -> list[System]:
-    native = await chatmem.open_async(url, namespace="native")
-    offload = AsyncChatMemory(
-        await asyncio.to_thread(chatmem.open, url, namespace="offload")
-    )
+class RawPostgres(System):
+    """psycopg's asyncio pool on chatmem's tables, statements by hand."""
+
+    name = "raw psycopg AsyncConnectionPool"
+
+    def __init__(self, url: str, size: int) -> None:
+        self.pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = (
+            AsyncConnectionPool(
+                url,
+                kwargs={"autocommit": True},
+                min_size=size,
+                max_size=size,
+                open=False,
+            )
+        )
+
+    async def open(self) -> None:
+        await self.pool.open(wait=True)
+
+    async def add(self, turn: Turn) -> None:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(PG_INSERT, raw_row(turn))
+            await cursor.fetchone()
+
+    async def history(self, session: str) -> list[Any]:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(PG_HISTORY, ("", session), binary=True)
+            rows = await cursor.fetchall()
+        rows.reverse()
+        return rows
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+class AgentsPostgres(System):
+    """The Agents SDK's SQLAlchemySession over asyncpg, one per session."""
+
+    name = "Agents SDK SQLAlchemySession"
+
+    def __init__(self, url: str) -> None:
+        self.engine: AsyncEngine = create_async_engine(
+            url.replace("postgresql://", "postgresql+asyncpg://", 1),
+            connect_args={"server_settings": {"search_path": "abench_agents"}},
+        )
+        self.sessions: dict[str, SQLAlchemySession] = {}
+        self.created = False
+
+    def session(self, session_id: str) -> SQLAlchemySession:
+        found = self.sessions.get(session_id)
+        if found is None:
+            found = SQLAlchemySession(
+                session_id, engine=self.engine, create_tables=not self.created
+            )
+            self.created = True
+            self.sessions[session_id] = found
+        return found
+
+    async def add(self, turn: Turn) -> None:
+        await self.session(turn.session_id).add_items([agents_item(turn)])  # type: ignore[list-item]
+
+    async def history(self, session: str) -> list[Any]:
+        return await self.session(session).get_items(limit=20)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+async def open_chatmem(url: str, **options: Any) -> list[System]:
+    native = await chatmem.open_async(url, **options)
     if type(native) is AsyncChatMemory:
         sys.exit(f"{url} has no native asyncio face; nothing to compare.")
+    offload = AsyncChatMemory(
+        await asyncio.to_thread(
+            chatmem.open, url, **{**options, "namespace": "offload"}
+        )
+    )
+    return [ChatmemSystem(NATIVE, native), ChatmemSystem(OFFLOAD, offload)]
+
+
+async def redis_systems(url: str) -> list[System]:
+    with redis.Redis.from_url(url) as admin:
+        admin.flushdb()
     return [
-        ChatmemSystem(NATIVE, native),
-        ChatmemSystem(OFFLOAD, offload),
+        *(await open_chatmem(url, namespace="native")),
         RawRedis(url),
         AgentsRedis(url),
     ]
+
+
+async def postgres_systems(url: str) -> list[System]:
+    with psycopg.connect(url, autocommit=True) as admin:
+        for schema in ("abench_chatmem", "abench_raw", "abench_agents"):
+            admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        admin.execute("CREATE SCHEMA abench_agents")
+    # The raw baseline writes into tables chatmem created, indexes and all.
+    await asyncio.to_thread(lambda: chatmem.open(url, schema="abench_raw").close())
+    systems = await open_chatmem(url, schema="abench_chatmem", namespace="native")
+    raw = RawPostgres(url, systems[0].memory.sync.pool_size)  # type: ignore[attr-defined]
+    await raw.open()
+    return [*systems, raw, AgentsPostgres(url)]
 
 
 # -- the workload -------------------------------------------------------------
@@ -345,9 +413,8 @@ def session_turns(plan: Plan, sessions: int, each: int) -> list[list[Turn]]:
     ]
 
 
-async def measure(url: str, plan: Plan) -> dict[int, dict[str, Result]]:
+async def measure(systems: list[System], plan: Plan) -> dict[int, dict[str, Result]]:
     """Pre-fill every system, then time the rounds level by level."""
-    systems = await open_systems(url)
     most = max(plan.levels)
     per_task = {n: plan.calls // n for n in plan.levels}
     need = PREFILL + sum(per_task[n] * (plan.rounds + 1) for n in plan.levels)
@@ -416,30 +483,85 @@ def rows(found: dict[str, Result], baseline: str) -> list[list[str]]:
     return out
 
 
+BACKENDS: dict[str, tuple[str, Any, Callable[[str], Awaitable[list[System]]]]] = {
+    "redis": ("Redis", local_redis, redis_systems),
+    "postgres": ("PostgreSQL", local_postgres, postgres_systems),
+}
+
+
+def server_version(backend: str, url: str) -> str:
+    if backend == "redis":
+        with redis.Redis.from_url(url) as admin:
+            return f"Redis {admin.info('server')['redis_version']}"
+    with psycopg.connect(url) as admin:
+        row = admin.execute("SHOW server_version").fetchone()
+        return f"PostgreSQL {row[0] if row else '?'}"
+
+
+async def run_backend(
+    backend: str, url: str, plan: Plan
+) -> dict[int, dict[str, Result]]:
+    systems = await BACKENDS[backend][2](url)
+    return await measure(systems, plan)
+
+
+def section(
+    backend: str, version: str, results: dict[int, dict[str, Result]]
+) -> list[str]:
+    title = BACKENDS[backend][0]
+    out = [f"## {title} ({version})", ""]
+    if backend == "postgres":
+        out += [
+            "chatmem's native face serves history natively; its adds go to"
+            " the thread offload (see chatmem.backends._postgres_async).",
+            "",
+        ]
+    for level, found in results.items():
+        native = found[NATIVE].throughput
+        offload = found[OFFLOAD].throughput
+        raw = next(name for name in found if name.startswith("raw"))
+        out += [
+            f"### {level} task{'s' if level > 1 else ''} at once",
+            "",
+            f"Native over offload: {native / offload:.2f}x the throughput;"
+            f" history median {found[NATIVE].history.median_us:,.0f} us native,"
+            f" {found[OFFLOAD].history.median_us:,.0f} us offloaded.",
+            "",
+            table(HEADERS, rows(found, raw)),
+            "",
+        ]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--url", help="Redis URL (its database is flushed)")
+    parser.add_argument("--redis", help="Redis URL (its database is flushed)")
+    parser.add_argument("--postgres", help="PostgreSQL URL")
+    parser.add_argument("--only", choices=sorted(BACKENDS))
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
-    # Stop the server this script started even when it is terminated.
+    # Stop the servers this script started even when it is terminated.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
-    with nullcontext(args.url) if args.url else local_redis() as url:
-        with redis.Redis.from_url(url) as admin:
-            admin.flushdb()
-            version = admin.info("server")["redis_version"]
-        started = time.perf_counter()
-        results = asyncio.run(measure(url, plan))
-        elapsed = time.perf_counter() - started
+    backends = [args.only] if args.only else list(BACKENDS)
+    sections: list[str] = []
+    started = time.perf_counter()
+    for backend in backends:
+        given = getattr(args, backend)
+        start_server = BACKENDS[backend][1]
+        with nullcontext(given) if given else start_server() as url:
+            version = server_version(backend, url)
+            results = asyncio.run(run_backend(backend, url, plan))
+        sections += section(backend, version, results)
+    elapsed = time.perf_counter() - started
 
     out = [
-        "# asyncio: chatmem's native face beside the thread offload",
+        "# asyncio: chatmem's native faces beside the thread offload",
         "",
         f"Command: `{command_line()}`",
         "",
-        f"Machine: {machine()}. Redis {version} on loopback,"
-        f" {'the server at --url' if args.url else 'persistence off'}.",
+        f"Machine: {machine()}. Servers on loopback.",
         "",
         f"N tasks on one event loop each own a session pre-filled with"
         f" {PREFILL} turns and repeat add + history(last=20) on it;"
@@ -450,20 +572,8 @@ def main() -> None:
         " median round's wall time; the ratio is the system's throughput"
         " over the raw client's (above 1 is faster).",
         "",
+        *sections,
     ]
-    for level, found in results.items():
-        native = found[NATIVE].throughput
-        offload = found[OFFLOAD].throughput
-        out += [
-            f"## {level} task{'s' if level > 1 else ''} at once",
-            "",
-            f"Native over offload: {native / offload:.2f}x the throughput;"
-            f" add median {found[NATIVE].add.median_us:,.0f} us native,"
-            f" {found[OFFLOAD].add.median_us:,.0f} us offloaded.",
-            "",
-            table(HEADERS, rows(found, RAW)),
-            "",
-        ]
     report = "\n".join(out)
     print(report)
     name = "async-quick.md" if args.quick else "async.md"
