@@ -773,3 +773,17 @@ def test_native_methods_keep_the_sync_signatures(face: type[AsyncChatMemory]) ->
         native = getattr(face, name)
         assert inspect.iscoroutinefunction(native), name
         assert inspect.signature(native) == inspect.signature(value), name
+
+
+def test_a_hot_tier_runs_on_the_thread_offload(redis_url: str) -> None:
+    async def main() -> None:
+        memory = await chatmem.open_async(redis_url, cache_bytes=1 << 20)
+        assert type(memory) is AsyncChatMemory
+        stored = await memory.add("s1", "user", "hi")
+        assert await memory.history("s1") == [stored]
+        assert memory.sync.history("s1") == [stored]
+        await memory.close()
+
+    asyncio.run(main())
+    with pytest.raises(InvalidMessage, match="cache_staleness needs cache_bytes"):
+        asyncio.run(chatmem.open_async(redis_url, cache_staleness=1.0))

@@ -60,7 +60,9 @@ asyncio pool (:mod:`chatmem.backends._postgres_async`); its writes and
 deletes stay on the thread offload, because a bounded store's write is
 one transaction of several pipelined statements that are not plans
 yet. Memory and sqlite do in-process work that a thread serves as well
-as a loop could. Kafka stays offloaded too: its reads come from
+as a loop could. A store opened with ``cache_bytes`` (a hot tier) runs
+on the thread offload whatever its backend: the tier's cache lives in
+the synchronous store, and native reads would go around it. Kafka stays offloaded too: its reads come from
 the local index with no broker round trip, and confluent_kafka.aio
 (2.16) runs produce and poll in a thread pool of its own, so it would
 trade one thread hop for another. RabbitMQ's rstream client is asyncio inside, but
@@ -571,7 +573,8 @@ async def open_async(
     threads; a native backend bounds its own calls (see the module
     docstring). Opening runs in a worker thread too, since it may connect to
     a server or create a file. A backend with a native ``open_async``
-    classmethod (see the module docstring) is opened through it.
+    classmethod (see the module docstring) is opened through it, unless
+    ``cache_bytes`` asks for a hot tier, which runs on the offload.
     """
     _check_concurrency(max_concurrency)
     if url is None:
@@ -579,7 +582,11 @@ async def open_async(
 
         url = os.environ.get("CHATMEM_URL") or DEFAULT_URL
 
-    native = await asyncio.to_thread(_native_opener, url)
+    native = None
+    # A hot tier is an in-process cache in front of the synchronous store:
+    # native reads would go around it, so a tiered store is offloaded.
+    if options.get("cache_bytes") is None and options.get("cache_staleness") is None:
+        native = await asyncio.to_thread(_native_opener, url)
     if native is not None:
         log.debug("opening a %s store natively", url.split("://", 1)[0])
         opened = await native(url, max_concurrency=max_concurrency, **options)
