@@ -50,7 +50,8 @@ native client), then closes the twin.
 Stores whose reads are plans (:class:`PlannedReads`) get their native
 face from :class:`NativeChatMemory`, which runs those plans with an
 asyncio client; its calls are bounded by that client's pool, not by
-``max_concurrency``.
+``max_concurrency``. Like every asyncio client's connections, a native
+store belongs to the event loop that opened it: open one per loop.
 
 Redis is native for writes, reads, counts and deletes: redis.asyncio
 runs the synchronous store's own operation plans (see
@@ -59,15 +60,17 @@ runs the synchronous store's own operation plans (see
 asyncio pool (:mod:`chatmem.backends._postgres_async`); its writes and
 deletes stay on the thread offload, because a bounded store's write is
 one transaction of several pipelined statements that are not plans
-yet. Memory and sqlite do in-process work that a thread serves as well
-as a loop could. A store opened with ``cache_bytes`` (a hot tier) runs
-on the thread offload whatever its backend: the tier's cache lives in
-the synchronous store, and native reads would go around it. Kafka stays offloaded too: its reads come from
-the local index with no broker round trip, and confluent_kafka.aio
+yet.
+
+The others stay on the thread offload. Memory and sqlite do in-process
+work that a thread serves as well as a loop could. Kafka's reads come
+from the local index with no broker round trip, and confluent_kafka.aio
 (2.16) runs produce and poll in a thread pool of its own, so it would
-trade one thread hop for another. RabbitMQ's rstream client is asyncio inside, but
-chatmem drives it from its own loop thread, so the offload is the one
-hop it needs.
+trade one thread hop for another. RabbitMQ's rstream client is asyncio
+inside, but chatmem drives it from its own loop thread, so the offload
+is the one hop it needs. A store opened with ``cache_bytes`` (a hot
+tier) is offloaded whatever its backend: the tier's cache lives in the
+synchronous store, and native reads would go around it.
 """
 
 from __future__ import annotations
