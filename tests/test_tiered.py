@@ -286,6 +286,29 @@ def test_sqlite_serves_get_while_no_other_writer_committed(sqlite: Target) -> No
         store.get(first.id or "")
 
 
+def test_reads_skip_checks_that_cost_more_than_they_save(checked: Target) -> None:
+    store = _open_tier(checked)
+    other = checked.open()
+    stored = [store.add("s1", "user", f"m{i}") for i in range(5)]
+    store.history("s1", last=20)
+    # As if measured on a backend where a check costs more than a read:
+    store._check_cost, store._read_cost, store._check_fails = 10.0, 1.0, 0.0
+    store._checks = store._reads = 1000
+
+    other.add("s2", "user", "a commit elsewhere")  # moves SQLite's mark
+    before = _tier(store)
+    for _ in range(64):
+        assert store.history("s1", last=20) == stored
+    after = _tier(store)
+    if store._marking:
+        # The first read checks (a probe) and records SQLite's mark anew;
+        # the mark serves the rest without a check.
+        assert (after.hits - before.hits, after.misses - before.misses) == (64, 0)
+    else:
+        # One read in PROBE_EVERY still checks, and the tier serves it.
+        assert (after.hits - before.hits, after.misses - before.misses) == (2, 62)
+
+
 def test_staleness_bound_is_honoured(sqlite: Target) -> None:
     bound = timedelta(milliseconds=500)
     first = sqlite.open(cache_bytes=TIER, cache_staleness=bound)
