@@ -61,6 +61,9 @@ __all__ = ["ArenaMemory"]
 
 # seq, session number, user number, created_at (us), flags, content length
 HEADER = struct.Struct("<IIIqBI")
+# The header without its sequence number, which a reader already knows:
+# one int fewer to make per record read.
+FIELDS = struct.Struct("<4xIIqBI")
 META_LENGTH = struct.Struct("<I")
 HAS_METADATA = 0x4
 ROLE_MASK = 0x3
@@ -176,6 +179,17 @@ class ArenaMemory(BaseChatMessageMemory):
         # The lock itself rather than a generator around it: entering a
         # generator context costs a microsecond, a tenth of an add.
         return self._lock
+
+    def _write(self, prepared: list[Prepared]) -> list[Message]:
+        # One message into a store with no budget and no retention has
+        # nothing to check or purge first: straight to the arena, a tenth
+        # of an add saved.
+        if len(prepared) == 1 and self.retention is None and not self._budget.bounded:
+            with self._lock:
+                found = self._insert_one(prepared[0])
+            if found is not None:
+                return [found]
+        return super()._write(prepared)
 
     def _insert(self, prepared: Sequence[Prepared]) -> list[Message]:
         if len(prepared) == 1:
@@ -399,10 +413,16 @@ class ArenaMemory(BaseChatMessageMemory):
     def _messages(self, seqs: Iterable[int]) -> list[Message]:
         # One loop with everything in locals: this is the whole cost of
         # history(last=20), so no call per record but the unpacking.
-        unpack, header_size = HEADER.unpack_from, HEADER.size
+        unpack, header_size = FIELDS.unpack_from, HEADER.size
         addresses, segments, size = self._addresses, self._segments, self._segment_size
-        names, make, roles = self._names, tuple.__new__, ROLE_OF_FLAGS
-        found = []
+        names, make, roles, loads = (
+            self._names,
+            tuple.__new__,
+            ROLE_OF_FLAGS,
+            json.loads,
+        )
+        found: list[Message] = []
+        append = found.append
         for seq in seqs:
             address = addresses[seq]
             if address == LARGE:
@@ -411,17 +431,17 @@ class ArenaMemory(BaseChatMessageMemory):
             else:
                 index, offset = divmod(address - 1, size)
                 buffer = segments[index]
-            _, session, user, created, flags, length = unpack(buffer, offset)
+            session, user, created, flags, length = unpack(buffer, offset)
             start = offset + header_size
             if flags & HAS_METADATA:
                 meta_length = META_LENGTH.unpack_from(buffer, start)[0]
                 start += 4
                 end = start + length
-                metadata = json.loads(buffer[end : end + meta_length])
+                metadata = loads(buffer[end : end + meta_length])
             else:
                 metadata = {}
             # bytearray.decode is about twice as fast as str(slice, "utf-8").
-            found.append(
+            append(
                 make(
                     Message,
                     (
