@@ -725,7 +725,10 @@ def path_from_url(url: str) -> str:
     ``sqlite:///chat.db`` is relative to the working folder and
     ``sqlite:////var/lib/chat.db`` absolute, as in SQLAlchemy's URLs.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise InvalidMessage(f"Not a usable sqlite URL: {exc}.") from None
     if parts.scheme != "sqlite":
         raise InvalidMessage(f"Not a sqlite:// URL: {parts.scheme}://...")
     if parts.netloc == ":memory:" or parts.path in ("/:memory:", ""):
