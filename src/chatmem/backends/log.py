@@ -414,6 +414,11 @@ class LogMemory(BaseChatMessageMemory):
         self._ahead_sessions: dict[tuple[str, str], tuple[int, int]] = {}
         self._ahead_users: dict[tuple[str, str, int], int] = {}
 
+        # (partition, position) of own records applied at acknowledgement:
+        # the tail skips them, where decoding and applying them again
+        # doubled the index work of every write.
+        self._own: set[tuple[int, int]] = set()
+
         # Keys a writer waits for the tail to apply (drivers without
         # positions at acknowledgement).
         self._awaited: set[str] = set()
@@ -915,9 +920,13 @@ class LogMemory(BaseChatMessageMemory):
         checkpoints = self._checkpoints
         suppress = bool(self._erased or self._ahead_sessions or self._ahead_users)
         rows: list[tuple[Any, ...]] = []
+        pending: list[tuple[Any, ...]] = []
+        committed: dict[str, bool] = {}
         for part, pos, entry in located:
-            if ahead and pos < epoch + checkpoints.get(part, 0):
-                continue
+            if ahead:
+                if pos < epoch + checkpoints.get(part, 0):
+                    continue
+                self._own.add((part, pos))
             kind = entry[0]
             if kind == "m":
                 fields, accepted, batch = entry[1], entry[2], entry[3]
@@ -929,17 +938,30 @@ class LogMemory(BaseChatMessageMemory):
                     fields = (*fields[:7], "", "")
                 if suppress and self._suppressed(fields, part, pos):
                     continue
-                if batch is not None and not self._is_committed(conn, batch):
-                    conn.execute(INSERT_PENDING, (batch, *fields, part, pos, accepted))
-                    continue
+                if batch is not None:
+                    # A replay meets whole batches: ask the index once per
+                    # batch, not once per message.
+                    known = committed.get(batch)
+                    if known is None:
+                        known = committed[batch] = self._is_committed(conn, batch)
+                    if not known:
+                        pending.append((batch, *fields, part, pos, accepted))
+                        continue
                 rows.append((*fields, part, pos, accepted))
                 continue
             if rows:
                 conn.executemany(INSERT_ROW, rows)
                 rows = []
+            if pending:
+                conn.executemany(INSERT_PENDING, pending)
+                pending = []
+            if kind == "c":
+                committed.pop(entry[1], None)
             self._apply_control(conn, part, pos, entry, ahead)
         if rows:
             conn.executemany(INSERT_ROW, rows)
+        if pending:
+            conn.executemany(INSERT_PENDING, pending)
         for listener in self.on_applied:
             listener(located, ahead)
 
@@ -1062,9 +1084,15 @@ class LogMemory(BaseChatMessageMemory):
         epoch = self._epoch << EPOCH_SHIFT
         located: list[tuple[int, int, Entry]] = []
         arrived: list[str] = []
+        own = self._own
         for record in records:
             if record.offset < self._checkpoints.get(record.partition, 0):
                 continue
+            if own:
+                mine = (record.partition, epoch + record.offset)
+                if mine in own:
+                    own.discard(mine)
+                    continue
             decoded = _decode(record, self.message_overhead)
             if decoded is None:
                 continue
@@ -1103,6 +1131,9 @@ class LogMemory(BaseChatMessageMemory):
         self._ahead_users = {
             k: v for k, v in self._ahead_users.items() if v >= passed[k[2]]
         }
+        if self._own:
+            # Records the tail never returned (compacted away) are passed.
+            self._own = {k for k in self._own if k[1] >= passed.get(k[0], 0)}
 
     def _check_identity(self, identity: str, *, opening: bool) -> bool:
         """Start a new epoch if the log is not the one the index follows.
@@ -1129,6 +1160,7 @@ class LogMemory(BaseChatMessageMemory):
                 self._erased.clear()
                 self._ahead_sessions.clear()
                 self._ahead_users.clear()
+                self._own.clear()
                 self._reader_stale = not opening
             self._log_id = identity
             conn.executemany(
