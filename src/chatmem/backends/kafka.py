@@ -65,7 +65,16 @@ Limits     A record holds at most 1,000,000 bytes (the broker default is
            tests run, keeps topics in memory only: a restart loses them.
            chatmem then recreates the topic on the next write, keeps what
            its index holds (logging CRITICAL), and goes on at a new epoch;
-           what was lost is lost to any store opened afterwards.
+           what was lost is lost to any store opened afterwards. Before it
+           makes the topic again it closes every client of its own that
+           knew the old one: librdkafka 2.16 can crash the process (a
+           segmentation fault in its metadata cache) when a running
+           client sees a topic replaced by a new one of the same name.
+           Two stores of one process on one topic therefore must not
+           outlive such a loss together: one re-creating the topic can
+           crash the other's clients. It matters only where topics are
+           lost or deleted and made again, never on a broker that keeps
+           its data.
 """
 
 from __future__ import annotations
@@ -74,6 +83,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -148,6 +158,7 @@ class KafkaDriver(LogDriver):
         self._admin: AdminClient | None = None
         self._producer: Producer | None = None
         self._probe: Consumer | None = None
+        self._readers: weakref.WeakSet[KafkaReader] = weakref.WeakSet()
         self._suspect = False
         self._log_id = ""
 
@@ -164,34 +175,68 @@ class KafkaDriver(LogDriver):
     # -- the topic -----------------------------------------------------------
 
     def open(self) -> int:
-        try:
-            self._admin = AdminClient(self._config())
-        except KafkaException as exc:
-            raise BackendUnavailable(
-                f"Cannot configure the Kafka client: {exc}."
-            ) from exc
+        self._admin = self._new_admin()
         self._ensure_topic(time.monotonic() + self.timeout)
         self._producer = self._new_producer()
         return self.partitions
 
+    def _new_admin(self) -> AdminClient:
+        try:
+            return AdminClient(self._config())
+        except KafkaException as exc:
+            raise BackendUnavailable(
+                f"Cannot configure the Kafka client: {exc}."
+            ) from exc
+
     def _ensure_topic(self, deadline: float) -> None:
         """Create the topic if missing; learn its partitions and identity."""
-        admin = self._admin
-        assert admin is not None
-        count = self._partition_count(admin, deadline)
+        count = self._partition_count(deadline)
         if count is None:
-            self._create_topic(admin, deadline)
+            if self._log_id:
+                self._retire_clients()
+            self._create_topic(deadline)
             while count is None:
-                count = self._partition_count(admin, deadline)
+                count = self._partition_count(deadline)
                 if count is None:
                     _check_deadline(deadline, "the new topic did not appear")
                     time.sleep(0.05)
         self.partitions = count
-        self._log_id = self._describe_id(admin, deadline)
+        self._log_id = self._describe_id(deadline)
 
-    def _partition_count(self, admin: AdminClient, deadline: float) -> int | None:
+    def _retire_clients(self) -> None:
+        """Close every client that knew the lost topic; make a new admin.
+
+        librdkafka 2.16 can crash (a segmentation fault in its metadata
+        cache) when a client that cached a topic's id learns of a new
+        topic with the same name, so none of them may outlive the topic's
+        creation. Producers and consumers are closed explicitly, since an
+        exception's traceback may still hold them; the admin client has
+        no close, so no frame holds it but through ``self._admin``. Call
+        with the lock held.
+        """
+        log.debug("closing the clients of the lost topic %r", self.topic)
+        self._admin = None
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.purge()
+            producer.close()
+        self._suspect = True
+        with self._probe_lock:
+            probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.close()
+        for reader in list(self._readers):
+            reader.retire()
+        self._admin = self._new_admin()
+
+    def _client(self) -> AdminClient:
+        if self._admin is None:
+            raise BackendUnavailable("The Kafka client is closed.")
+        return self._admin
+
+    def _partition_count(self, deadline: float) -> int | None:
         try:
-            metadata = admin.list_topics(timeout=_remaining(deadline))
+            metadata = self._client().list_topics(timeout=_remaining(deadline))
         except KafkaException as exc:
             raise BackendUnavailable(
                 f"Cannot reach the Kafka brokers at {self.servers} within "
@@ -202,7 +247,7 @@ class KafkaDriver(LogDriver):
             return None
         return len(topic.partitions)
 
-    def _create_topic(self, admin: AdminClient, deadline: float) -> None:
+    def _create_topic(self, deadline: float) -> None:
         config = {}
         if self.compact:
             config["cleanup.policy"] = "compact,delete"
@@ -215,7 +260,7 @@ class KafkaDriver(LogDriver):
             config=config,
         )
         timeout = _remaining(deadline)
-        futures = admin.create_topics(
+        futures = self._client().create_topics(
             [topic], operation_timeout=timeout, request_timeout=timeout
         )
         try:
@@ -227,10 +272,10 @@ class KafkaDriver(LogDriver):
                 ) from exc
         log.info("created topic %r with %d partitions", self.topic, self.partitions)
 
-    def _describe_id(self, admin: AdminClient, deadline: float) -> str:
+    def _describe_id(self, deadline: float) -> str:
         timeout = _remaining(deadline)
         try:
-            future = admin.describe_topics(
+            future = self._client().describe_topics(
                 TopicCollection([self.topic]), request_timeout=timeout
             )[self.topic]
             return str(future.result(timeout=timeout).topic_id)
@@ -244,6 +289,8 @@ class KafkaDriver(LogDriver):
             deadline = time.monotonic() + self.timeout
             with self._holding(deadline):
                 self._ensure_topic(deadline)
+            for reader in list(self._readers):
+                reader.clear_trouble()
         return self._log_id
 
     @contextmanager
@@ -309,7 +356,7 @@ class KafkaDriver(LogDriver):
         old, self._producer = self._producer, None
         if old is not None:
             old.purge()
-            old.flush(0)
+            old.close()
         self._ensure_topic(deadline)
         self._producer = self._new_producer()
         self._suspect = False
@@ -398,23 +445,43 @@ class KafkaDriver(LogDriver):
     def reader(self, start: dict[int, int]) -> LogReader:
         reader = KafkaReader(self.topic, start)
         reader.attach(self._consumer(error_cb=reader.note_trouble))
+        self._readers.add(reader)
         return reader
 
     def end_offsets(self) -> dict[int, int]:
         deadline = time.monotonic() + self.timeout
-        with self._probe_lock:
-            probe = self._probe_consumer()
-            listed = {}
-            try:
-                for p in range(self.partitions):
-                    listed[p] = probe.get_watermark_offsets(
-                        TopicPartition(self.topic, p), timeout=_remaining(deadline)
-                    )[1]
-            except KafkaException as exc:
-                raise BackendUnavailable(
-                    f"Cannot read the end offsets of {self.topic!r}: {exc}."
-                ) from exc
-            return self._confirm_ends(probe, listed, deadline)
+        for _attempt in range(2):
+            with self._probe_lock:
+                probe = self._probe_consumer()
+                if self._topic_present(probe, deadline):
+                    listed = {}
+                    try:
+                        for p in range(self.partitions):
+                            listed[p] = probe.get_watermark_offsets(
+                                TopicPartition(self.topic, p),
+                                timeout=_remaining(deadline),
+                            )[1]
+                    except KafkaException as exc:
+                        raise BackendUnavailable(
+                            f"Cannot read the end offsets of {self.topic!r}: {exc}."
+                        ) from exc
+                    return self._confirm_ends(probe, listed, deadline)
+            # Tansu answers a lost topic's end offsets with zeros, which
+            # would let sync() pass on a log that is gone: make the topic
+            # again, as a write would, and read the new one's ends.
+            self.log_id(refresh=True)
+        raise BackendUnavailable(f"The Kafka topic {self.topic!r} is missing.")
+
+    def _topic_present(self, probe: Consumer, deadline: float) -> bool:
+        try:
+            metadata = probe.list_topics(self.topic, timeout=_remaining(deadline))
+        except KafkaException as exc:
+            raise BackendUnavailable(
+                f"Cannot reach the Kafka brokers at {self.servers} within "
+                f"{self.timeout:g} s: {exc}."
+            ) from exc
+        topic = metadata.topics.get(self.topic)
+        return topic is not None and topic.error is None and bool(topic.partitions)
 
     def _probe_consumer(self) -> Consumer:
         if self._probe is None:
@@ -458,9 +525,10 @@ class KafkaDriver(LogDriver):
             producer, self._producer = self._producer, None
             probe, self._probe = self._probe, None
         if producer is not None:
-            # Every write waited for its acknowledgement: nothing of ours
-            # is queued, so there is nothing to wait for here.
-            producer.flush(0)
+            # Every write waited for its acknowledgement; what a failed
+            # write left queued was already reported to its caller.
+            producer.purge()
+            producer.close()
         if probe is not None:
             probe.close()
         self._admin = None
@@ -474,6 +542,9 @@ class KafkaReader(LogReader):
         self._consumer: Consumer | None = None
         self._positions = dict(start)
         self._trouble = False
+        # Held while the consumer is in use, so that another thread can
+        # retire it between two reads.
+        self._lock = threading.Lock()
 
     def attach(self, consumer: Consumer) -> None:
         """Start reading with ``consumer`` from the start offsets."""
@@ -483,11 +554,18 @@ class KafkaReader(LogReader):
         self._consumer = consumer
 
     def read(self, timeout: float) -> list[LogRecord]:
-        assert self._consumer is not None
-        try:
-            messages = self._consumer.consume(READ_BATCH, timeout)
-        except (KafkaException, RuntimeError) as exc:
-            raise BackendUnavailable(f"Reading the topic failed: {exc}.") from exc
+        with self._lock:
+            consumer = self._consumer
+            if consumer is None:
+                # Retired: the base sees the trouble, checks the topic's
+                # identity and makes a new reader.
+                self._trouble = True
+                time.sleep(timeout)
+                return []
+            try:
+                messages = consumer.consume(READ_BATCH, timeout)
+            except (KafkaException, RuntimeError) as exc:
+                raise BackendUnavailable(f"Reading the topic failed: {exc}.") from exc
         records = []
         positions = self._positions
         for message in messages:
@@ -512,16 +590,28 @@ class KafkaReader(LogReader):
         return dict(self._positions)
 
     def troubled(self) -> bool:
-        trouble, self._trouble = self._trouble, False
-        return trouble
+        # Kept until the driver checked the topic: a check that fails
+        # while the broker is away must be tried again.
+        return self._trouble
+
+    def clear_trouble(self) -> None:
+        """Forget the trouble: the topic was checked since."""
+        self._trouble = False
 
     def note_trouble(self, error: KafkaError) -> None:
         """Remember a client-level error (the broker went away)."""
         self._trouble = True
 
+    def retire(self) -> None:
+        """Close the consumer now; later reads return nothing, troubled."""
+        with self._lock:
+            consumer, self._consumer = self._consumer, None
+            self._trouble = True
+        if consumer is not None:
+            consumer.close()
+
     def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
+        self.retire()
 
 
 class KafkaMemory(LogMemory):
