@@ -39,10 +39,10 @@ from .lines import LineReader
 CHILD = str(Path(__file__).with_name("child.py"))
 
 # The most batches a trial lets the writer acknowledge before the kill.
-MOST_BATCHES = 24
+MOST_BATCHES = 16
 
 # Writers killed side by side on one store, each at its own moment.
-WAVE = 4
+WAVE = 6
 
 # How long a trial waits for the writer's next acknowledgement.
 TRIAL_DEADLINE = 60.0
