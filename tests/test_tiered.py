@@ -301,12 +301,26 @@ def test_reads_skip_checks_that_cost_more_than_they_save(checked: Target) -> Non
         assert store.history("s1", last=20) == stored
     after = _tier(store)
     if store._marking:
-        # The first read checks (a probe) and records SQLite's mark anew;
-        # the mark serves the rest without a check.
+        # A check also records SQLite's mark anew, which serves the later
+        # reads without one: always worth making.
         assert (after.hits - before.hits, after.misses - before.misses) == (64, 0)
     else:
         # One read in PROBE_EVERY still checks, and the tier serves it.
         assert (after.hits - before.hits, after.misses - before.misses) == (2, 62)
+
+
+def test_stale_sessions_are_checked_whatever_a_check_costs(checked: Target) -> None:
+    # A check that buys a while of unchecked reads always pays.
+    store = checked.open(cache_bytes=TIER, cache_staleness=timedelta(0))
+    assert isinstance(store, TieredMemory)
+    stored = [store.add("s1", "user", f"m{i}") for i in range(5)]
+    store.history("s1", last=20)
+    store._check_cost, store._read_cost, store._check_fails = 10.0, 1.0, 0.0
+    store._checks = store._reads = 1000
+    before = _tier(store)
+    for _ in range(10):
+        assert store.history("s1", last=20) == stored
+    assert _tier(store).hits - before.hits == 10
 
 
 def test_staleness_bound_is_honoured(sqlite: Target) -> None:

@@ -511,7 +511,11 @@ class TieredMemory(BaseChatMessageMemory):
         """Return True when a check is expected to cost more than a read.
 
         A check costs itself, and when it fails the read after it too.
+        A check that also buys later reads without one (a while of
+        cache_staleness, a change mark) is always worth it.
         """
+        if self._staleness is not None or self._marking:
+            return False
         if self._checks < COST_SAMPLES or self._reads < COST_SAMPLES:
             return False
         expected = self._check_cost + self._check_fails * self._read_cost
