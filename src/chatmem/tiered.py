@@ -464,6 +464,10 @@ class TieredMemory(BaseChatMessageMemory):
         with self._lock:
             self._misses += 1
             stamp, local = self._stamp(session_id), self._local
+        if self._not_worth_checking():
+            # What the tier kept could not serve without a check that does
+            # not pay: keep nothing, save the copying.
+            return self._timed_read(session_id, before, after, count, newest)
         began = time.monotonic()
         mark = self.backend._change_mark() if self._marking else None
         found = self._timed_read(session_id, before, after, count, newest)
@@ -512,9 +516,11 @@ class TieredMemory(BaseChatMessageMemory):
 
         A check costs itself, and when it fails the read after it too.
         A check that also buys later reads without one (a while of
-        cache_staleness, a change mark) is always worth it.
+        cache_staleness, a change mark) is always worth it, and a backend
+        that announces its changes needs none. One call in PROBE_EVERY
+        returns False regardless, to keep the measures current.
         """
-        if self._staleness is not None or self._marking:
+        if self._staleness is not None or self._marking or self._listeners:
             return False
         if self._checks < COST_SAMPLES or self._reads < COST_SAMPLES:
             return False
