@@ -21,6 +21,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -321,7 +322,7 @@ def reader_main() -> None:
 def checkpoints(index_dir: Path) -> dict[int, int]:
     """Read the per-partition checkpoints from an index folder's file."""
     (path,) = index_dir.glob("*.sqlite")
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn:
         rows = conn.execute("SELECT part, next FROM checkpoints").fetchall()
     return {int(part): int(following) for part, following in rows}
 
@@ -361,10 +362,11 @@ def test_an_index_dir_restart_replays_only_the_tail(
 ) -> None:
     writer = store_at()
     plan = fill(writer)
+    partitions = partition_count(server.bootstrap_servers, topic)
     first = run_reader(url, plan, tmp_path)
     records = read_topic(server.bootstrap_servers, topic)
     assert first["replayed"] == len(records)
-    assert checkpoints(tmp_path) == ends(records, writer._partitions)
+    assert checkpoints(tmp_path) == ends(records, partitions)
 
     # Three messages and one deletion: four records past the checkpoints.
     for n in range(3):
@@ -375,7 +377,7 @@ def test_an_index_dir_restart_replays_only_the_tail(
     assert second["replayed"] == 4
     assert second["answers"] == snapshot(writer, plan)
     records = read_topic(server.bootstrap_servers, topic)
-    assert checkpoints(tmp_path) == ends(records, writer._partitions)
+    assert checkpoints(tmp_path) == ends(records, partitions)
 
     assert run_reader(url, plan, tmp_path)["replayed"] == 0
 
