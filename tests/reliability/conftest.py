@@ -68,7 +68,7 @@ NORMAL = Counts(
     threads=8,
     per_thread=500,
     examples=40,
-    fault_rounds=3,
+    fault_rounds=2,
 )
 LONG = Counts(
     long=True,

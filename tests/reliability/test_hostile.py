@@ -684,14 +684,14 @@ KAFKA_FUZZ = pytest.mark.xfail(
 )
 
 # Runs per property-test example: an open of sqlite writes a file, so
-# that target runs a tenth as many.
+# that target runs a twentieth as many.
 FUZZ_TARGETS = [
     pytest.param("redis", "url-redis", 500, id="url-redis"),
     pytest.param("postgres", "url-postgresql", 500, id="url-postgresql"),
     pytest.param("sqlite", "url-sqlite", 500, id="url-sqlite"),
     pytest.param("rabbitmq", "url-rabbitmq", 500, id="url-rabbitmq"),
     pytest.param("kafka", "url-kafka", 500, id="url-kafka", marks=KAFKA_FUZZ),
-    pytest.param("all", "open", 50, id="open"),
+    pytest.param("all", "open", 25, id="open"),
     pytest.param("all", "message", 500, id="message"),
 ]
 
