@@ -64,6 +64,7 @@ HEADER = struct.Struct("<IIIqBI")
 # The header without its sequence number, which a reader already knows:
 # one int fewer to make per record read.
 FIELDS = struct.Struct("<4xIIqBI")
+HEADER_SIZE = HEADER.size
 META_LENGTH = struct.Struct("<I")
 HAS_METADATA = 0x4
 ROLE_MASK = 0x3
@@ -119,6 +120,7 @@ class ArenaMemory(BaseChatMessageMemory):
         self._tails = 0  # dead bytes that compaction cannot reclaim
         self._table_bytes = 0
         self._last_created = -(1 << 62)
+        self._lru = self.policy == "evict-lru-session"
         index_entry = self._addresses.itemsize + 8
         self.message_overhead = HEADER.size + index_entry
 
@@ -240,9 +242,9 @@ class ArenaMemory(BaseChatMessageMemory):
         """
         content = item.content_bytes
         meta = item.metadata_json.encode() if item.metadata_json else b""
-        length = HEADER.size + len(content) + (4 + len(meta) if meta else 0)
-        fills = self._fills
-        if not fills or fills[-1] + length > self._segment_size:
+        length = HEADER_SIZE + len(content) + (4 + len(meta) if meta else 0)
+        fills, segment_size = self._fills, self._segment_size
+        if not fills or fills[-1] + length > segment_size:
             return None
 
         message = item.message
@@ -251,7 +253,7 @@ class ArenaMemory(BaseChatMessageMemory):
         # Known groups are found inline; _group makes new ones and keeps
         # the least-recently-used order.
         session = self._by_session.get(session_id)
-        if session is None or self.policy == "evict-lru-session":
+        if session is None or self._lru:
             session = self._group(self._by_session, session_id)
         user = None
         if user_id is not None:
@@ -269,24 +271,32 @@ class ArenaMemory(BaseChatMessageMemory):
             flags,
             len(content),
         )
-        start = fill + HEADER.size
+        start = fill + HEADER_SIZE
         if meta:
             META_LENGTH.pack_into(segment, start, len(meta))
             start += 4
             segment[start + len(content) : fill + length] = meta
         segment[start : start + len(content)] = content
         fills[-1] = fill + length
-        self._addresses.append((len(fills) - 1) * self._segment_size + fill + 1)
+        self._addresses.append((len(fills) - 1) * segment_size + fill + 1)
         self._next_seq = seq + 1
 
         getsize = sys.getsizeof
-        for group in (session, user):
-            if group is not None:
-                seqs = group.seqs
-                before = getsize(seqs)
-                seqs.append(seq)
-                self._table_bytes += getsize(seqs) - before
-        self._index_time(seq, created)
+        seqs = session.seqs
+        grown = -getsize(seqs)
+        seqs.append(seq)
+        grown += getsize(seqs)
+        if user is not None:
+            seqs = user.seqs
+            grown -= getsize(seqs)
+            seqs.append(seq)
+            grown += getsize(seqs)
+        self._table_bytes += grown
+        if created >= self._last_created:
+            self._last_created = created
+            self._by_time.append(seq)
+        else:
+            self._index_time(seq, created)
         self._live += 1
         self._live_bytes += length
         fields = (str(seq), session_id, role, text, user_id, created_at, metadata)
