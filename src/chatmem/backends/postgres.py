@@ -444,8 +444,7 @@ class PostgresMemory(BaseChatMessageMemory):
         assert found is not None
         has_version, accounting = found
         if not has_version:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (int(self._lock_key),))
+            with self._setup_lock(conn), conn.transaction():
                 if self.schema is not None:
                     conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 for statement in SCHEMA:
@@ -466,8 +465,7 @@ class PostgresMemory(BaseChatMessageMemory):
             )
 
         if not accounting and self._budget.bounded:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (int(self._lock_key),))
+            with self._setup_lock(conn), conn.transaction():
                 again = conn.execute(
                     "SELECT to_regclass(%s) IS NOT NULL", (names["sessions"],)
                 ).fetchone()
@@ -477,6 +475,21 @@ class PostgresMemory(BaseChatMessageMemory):
                     log.debug("started budget accounting at %s", self._where)
             accounting = True
         self._accounting = bool(accounting)
+
+    @contextmanager
+    def _setup_lock(self, conn: psycopg.Connection[tuple[Any, ...]]) -> Iterator[None]:
+        """Hold the store's advisory lock across the transaction inside.
+
+        Taken before the transaction begins, not inside it: a transaction
+        that began before another process committed the DDL and then waited
+        for the lock would still see the tables missing (the catalog cache
+        is refreshed when a transaction starts), create them again and fail.
+        """
+        conn.execute("SELECT pg_advisory_lock(%s)", (int(self._lock_key),))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (int(self._lock_key),))
 
     def _acquire(self, deadline: float) -> psycopg.Connection[tuple[Any, ...]]:
         while True:
