@@ -27,6 +27,11 @@ Durability The producer runs with ``acks=all`` and idempotence on. ``add``
            and ``add_messages`` return after the broker acknowledged every
            record and the local index holds them; a record not
            acknowledged within ``timeout`` raises ``BackendUnavailable``.
+           A store's first write waits for the producer's id, which
+           librdkafka 2.16 requests on a 500 ms timer after the producer
+           starts (at open): a first write within about a second of the
+           open can take that long, and a ``timeout`` under about 1.5 s
+           may fail it.
            Such a record may still have reached the broker (Kafka calls it
            "possibly persisted"): it then shows in indexes once the tail
            reads it, and retrying the write may store it twice.
@@ -177,9 +182,12 @@ class KafkaDriver(LogDriver):
     # -- the topic -----------------------------------------------------------
 
     def open(self) -> int:
+        # The idempotent producer asks for its producer id on a 500 ms
+        # timer after it starts, and holds every record until it has one:
+        # started first, it waits while the topic is checked and replayed.
+        self._producer = self._new_producer()
         self._admin = self._new_admin()
         self._ensure_topic(time.monotonic() + self.timeout)
-        self._producer = self._new_producer()
         return self.partitions
 
     def _new_admin(self) -> AdminClient:
@@ -267,6 +275,11 @@ class KafkaDriver(LogDriver):
         )
         try:
             futures[self.topic].result(timeout=timeout)
+        except TimeoutError as exc:
+            raise BackendUnavailable(
+                f"Kafka did not create the topic {self.topic!r} within "
+                f"{self.timeout:g} s."
+            ) from exc
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise BackendUnavailable(
@@ -281,9 +294,10 @@ class KafkaDriver(LogDriver):
                 TopicCollection([self.topic]), request_timeout=timeout
             )[self.topic]
             return str(future.result(timeout=timeout).topic_id)
-        except KafkaException as exc:
+        except (KafkaException, TimeoutError) as exc:
             raise BackendUnavailable(
-                f"Cannot describe the Kafka topic {self.topic!r}: {exc}."
+                f"Cannot describe the Kafka topic {self.topic!r} within "
+                f"{self.timeout:g} s: {exc!r}."
             ) from exc
 
     def log_id(self, refresh: bool = False) -> str:
@@ -446,7 +460,14 @@ class KafkaDriver(LogDriver):
 
     def reader(self, start: dict[int, int]) -> LogReader:
         reader = KafkaReader(self.topic, start)
-        reader.attach(self._consumer(error_cb=reader.note_trouble))
+        consumer = self._consumer(error_cb=reader.note_trouble)
+        try:
+            reader.attach(consumer)
+        except KafkaException as exc:
+            consumer.close()
+            raise BackendUnavailable(
+                f"Cannot read the Kafka topic {self.topic!r}: {exc}."
+            ) from exc
         self._readers.add(reader)
         return reader
 
