@@ -23,8 +23,8 @@ the same memory by tracemalloc.
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/core_bench.py            # about 8 minutes
-    .venv/bin/python benchmarks/core_bench.py --quick    # about 1 minute
+    .venv/bin/python benchmarks/core_bench.py            # about 6 minutes
+    .venv/bin/python benchmarks/core_bench.py --quick    # about 2 minutes
     .venv/bin/python benchmarks/core_bench.py --profile sqlite-add
 
 The report goes to ``benchmarks/results/core.md`` (``core-quick.md`` with
@@ -1186,7 +1186,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="20k and 200k messages, fewer rounds (about a minute)",
+        help="20k and 200k messages, fewer rounds (about 2 minutes)",
     )
     parser.add_argument(
         "--sizes",

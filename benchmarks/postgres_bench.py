@@ -27,8 +27,8 @@ The server is the one at ``--url``, or one the script starts with
 ``initdb`` in a temporary folder (server defaults: fsync on,
 ``synchronous_commit = on``). Run from the repository root::
 
-    .venv/bin/python benchmarks/postgres_bench.py            # ~5 minutes
-    .venv/bin/python benchmarks/postgres_bench.py --quick    # ~1 minute
+    .venv/bin/python benchmarks/postgres_bench.py            # ~3 minutes
+    .venv/bin/python benchmarks/postgres_bench.py --quick    # ~20 seconds
 
 The report goes to ``benchmarks/results/postgres.md`` (``postgres-quick.md``
 with ``--quick``) and to standard output.

@@ -32,8 +32,8 @@ script starts on loopback with persistence off (``--save ''``,
 ``--appendonly no``), so that no snapshot forks during a timing. Run from
 the repository root::
 
-    .venv/bin/python benchmarks/redis_bench.py            # ~3 minutes
-    .venv/bin/python benchmarks/redis_bench.py --quick    # ~1 minute
+    .venv/bin/python benchmarks/redis_bench.py            # ~2 minutes
+    .venv/bin/python benchmarks/redis_bench.py --quick    # ~30 seconds
 
 The report goes to ``benchmarks/results/redis.md`` (``redis-quick.md``
 with ``--quick``) and to standard output.
