@@ -637,19 +637,11 @@ def test_postgres_results_equal_the_sync_api(
     assert _comparable(asyncio.run(main())) == _comparable(want)
 
 
-def _postgres_bad_calls(other: str) -> list[tuple[str, Callable[[Any], Any]]]:
-    # PostgresMemory reads the id "01" as 1, so that get finds a message.
-    return [(name, call) for name, call in _bad_calls(other) if name != "get id"]
-
-
 def test_postgres_errors_equal_the_sync_api(pg_url: str) -> None:
     options: dict[str, Any] = {"capacity_bytes": 3000, "max_message_bytes": 4000}
     with chatmem.open(pg_url, schema=_schema(), **options) as sync_store:
         other = sync_store.add("s2", "user", "elsewhere").id or ""
-        want = [
-            (name, _failure(call, sync_store))
-            for name, call in _postgres_bad_calls(other)
-        ]
+        want = [(name, _failure(call, sync_store)) for name, call in _bad_calls(other)]
         nul = _failure(lambda m: m.history("a\x00b"), sync_store)
 
     async def main() -> tuple[list[Any], Any]:
@@ -657,7 +649,7 @@ def test_postgres_errors_equal_the_sync_api(pg_url: str) -> None:
         assert (await memory.add("s2", "user", "elsewhere")).id == other
         got = [
             (name, await _async_failure(call, memory))
-            for name, call in _postgres_bad_calls(other)
+            for name, call in _bad_calls(other)
         ]
         got_nul = await _async_failure(lambda m: m.history("a\x00b"), memory)
         await memory.close()

@@ -122,6 +122,17 @@ def test_get_unknown_id_raises_key_error(memory: BaseChatMessageMemory) -> None:
             memory.retrieve(bad)
 
 
+def test_only_an_ids_own_spelling_finds_it(memory: BaseChatMessageMemory) -> None:
+    stored = memory.add("s1", "user", "hi")
+    own = stored.id or ""
+    for other in ["0" + own, " " + own, own + " ", own.upper() + "\u0301"]:
+        with pytest.raises(MessageNotFound):
+            memory.get(other)
+        with pytest.raises(MessageNotFound):
+            memory.delete(other)
+    assert memory.get(own) == stored
+
+
 def test_store_and_retrieve_are_add_and_get(memory: BaseChatMessageMemory) -> None:
     message_id = memory.store(Message(session_id="s1", role="user", content="x"))
     assert memory.retrieve(message_id).content == "x"

@@ -468,7 +468,8 @@ class ArenaMemory(BaseChatMessageMemory):
         return found
 
     def _live_seq(self, message_id: str) -> int | None:
-        if not message_id.isdigit() or not message_id.isascii():
+        # Only the id's own spelling finds it: "01" or "٣" name no message.
+        if not message_id.isdigit() or not message_id.isascii() or message_id[0] == "0":
             return None
         seq = int(message_id)
         if seq >= self._next_seq or not self._addresses[seq]:

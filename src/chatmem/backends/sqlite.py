@@ -761,7 +761,8 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 def _seq(message_id: str) -> int | None:
-    if not message_id.isdigit() or not message_id.isascii():
+    # Only the id's own spelling finds it: "01" or "٣" name no message.
+    if not message_id.isdigit() or not message_id.isascii() or message_id[0] == "0":
         return None
     value = int(message_id)
     return value if value < 1 << 63 else None
