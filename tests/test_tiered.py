@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import pytest
 
 import chatmem
 from chatmem import BaseChatMessageMemory, InvalidMessage, Message, TieredMemory
-from chatmem.backends.log import LogMemory
+from chatmem.backends.log import LogMemory, Outgoing
 from chatmem.registry import BUILTIN, backend_class
 
 from .conformance.targets import TARGETS, Target
@@ -256,6 +256,71 @@ def test_own_writes_keep_a_log_session_cached(logged: Target) -> None:
     store.sync()  # the tail has seen every own record again
     assert _contents(store.history("s1", last=20)) == [f"m{i}" for i in range(6)]
     assert _tier(store).hits == 6
+
+
+def _hold_tail(store: LogMemory) -> None:
+    # Stop the tail thread; the test then applies the log by hand.
+    thread = store._thread
+    assert thread is not None
+    store._stopping.set()
+    thread.join()
+    store._stopping.clear()
+
+
+def _tail_to(store: LogMemory, ends: dict[int, int]) -> None:
+    deadline = time.monotonic() + 10
+    while not store._caught_up(ends):
+        assert time.monotonic() < deadline, "the tail did not reach the log's end"
+        store._tail_once()
+
+
+def test_own_batch_the_tail_read_first_shows_at_once(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The tail may read a batch's messages before their writer applies
+    # the acknowledgement; they wait in pending for the commit record. The
+    # write must not return before they show, or the tier caches the
+    # session without them and never learns otherwise.
+    kafka = TARGETS["kafka"](request, tmp_path)
+    try:
+        store = _open_tier(kafka)
+        backend = store.backend
+        assert isinstance(backend, LogMemory)
+        _hold_tail(backend)
+        system = store.add("s1", "system", "rules")
+
+        driver = backend._driver
+        publish = driver.publish
+
+        def publish_then_tail(records: Sequence[Outgoing]) -> list[int | None]:
+            offsets = publish(records)
+            if len(records) > 1:  # the messages, before their commit record
+                ends: dict[int, int] = {}
+                for record, offset in zip(records, offsets, strict=True):
+                    assert offset is not None
+                    ends[record.partition] = max(
+                        ends.get(record.partition, 0), offset + 1
+                    )
+                _tail_to(backend, ends)
+            return offsets
+
+        monkeypatch.setattr(driver, "publish", publish_then_tail)
+        stored = store.add_messages(
+            [Message(session_id="s1", role="user", content=f"m{i}") for i in range(40)]
+        )
+        assert store.history("s1", last=8) == stored[-8:]
+        assert store.history_window("s1", 45, token_counter=lambda m: 10) == [
+            system,
+            *stored[-3:],
+        ]
+
+        _tail_to(backend, driver.end_offsets())
+        assert store.history("s1") == [system, *stored]
+        assert store.history("s1") == backend.history("s1")
+    finally:
+        kafka.close_all()
 
 
 def test_another_process_write_shows_through_the_tier(sqlite: Target) -> None:

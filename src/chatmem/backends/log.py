@@ -666,7 +666,8 @@ class LogMemory(BaseChatMessageMemory):
             partition = self._partition(message.session_id)
             outgoing.append(Outgoing(partition, ids[index], value))
             # Own batch messages are applied as committed: the commit
-            # record is acknowledged before they are applied.
+            # record is acknowledged before they are applied. Those the
+            # tail passed first wait in pending for the commit entry.
             entries.append(("m", fields, stamp, None, ids[index]))
             stored.append(message)
 
@@ -684,9 +685,13 @@ class LogMemory(BaseChatMessageMemory):
             self._new_ids(1)[0][0],
             {"k": "c", "b": batch, "e": {str(p): o for p, o in last.items()}},
         )
+        # The commit is applied ahead too: the tail may have read some of
+        # the messages before their acknowledgement was applied, and
+        # those wait in pending, which the ahead entries skip, until a
+        # commit entry moves them; the call must not return before that.
         self._commit(
             [marker],
-            [None],
+            [self._entry_of(marker)],
             earlier=(outgoing, entries, offsets),
         )
         return stored
