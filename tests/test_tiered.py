@@ -23,6 +23,7 @@ import pytest
 import chatmem
 from chatmem import BaseChatMessageMemory, InvalidMessage, Message, TieredMemory
 from chatmem.backends.log import LogMemory, Outgoing
+from chatmem.message import Prepared
 from chatmem.registry import BUILTIN, backend_class
 
 from .conformance.targets import TARGETS, Target
@@ -321,6 +322,29 @@ def test_own_batch_the_tail_read_first_shows_at_once(
         assert store.history("s1") == backend.history("s1")
     finally:
         kafka.close_all()
+
+
+def test_a_read_during_a_write_caches_it_once(
+    sqlite: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A read that lands between the backend's acknowledgement and the
+    # tier's update (another thread's, here forced in the writer's own)
+    # already caches the new message; the update must not add it again.
+    store = _open_tier(sqlite)
+    first = store.add("s1", "user", "one")
+    backend = store.backend
+    write = backend._write
+
+    def write_then_read(prepared: list[Prepared]) -> list[Message]:
+        stored = write(prepared)
+        store.history("s1", last=20)
+        return stored
+
+    monkeypatch.setattr(backend, "_write", write_then_read)
+    second = store.add("s1", "user", "two")
+    monkeypatch.undo()
+    assert store.history("s1", last=20) == [first, second]
+    assert _tier(store).message_count == 2
 
 
 def test_another_process_write_shows_through_the_tier(sqlite: Target) -> None:

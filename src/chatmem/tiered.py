@@ -300,7 +300,9 @@ class TieredMemory(BaseChatMessageMemory):
 
         # Acknowledged: now the tier may learn of it. A session another
         # change touched meanwhile (a concurrent write of this process, an
-        # invalidation) is dropped rather than appended out of order.
+        # invalidation) is dropped rather than appended out of order. A
+        # read between the acknowledgement and here may have cached the
+        # rows already: they are not added twice.
         with self._lock:
             if self._writes_reach_others:
                 self._local += 1
@@ -312,10 +314,13 @@ class TieredMemory(BaseChatMessageMemory):
             for session, rows in grown.items():
                 entry = self._entries.get(session)
                 if entry is not None:
+                    held = sum(row[0] in self._where for row in rows)
                     if self._stamp(session) != before[session]:
                         self._drop(session)
-                    else:
+                    elif held == 0:
                         self._append(session, entry, rows)
+                    elif held < len(rows):
+                        self._drop(session)  # a read saw part of the write
                 self._bump(session)
         return stored
 
