@@ -6,6 +6,9 @@ the same work in the same run. This module holds what they share:
 - :class:`ChatWorkload`, a seeded stream of realistic chat turns
   (interleaved customer-service sessions, tool calls, lognormal lengths),
   so that every system under test stores exactly the same data;
+- :func:`chatmem_message` and :func:`turn_adder`, a turn as chatmem
+  receives it, and :func:`store_turns`, the batched pre-fill;
+  :func:`chunks` cuts any list into batches;
 - :func:`timed`, per-call timing with ``perf_counter_ns``;
 - :func:`interleave`, which runs the cases round-robin, drops warm-up
   rounds and keeps every timed call, so a burst of load on a shared
@@ -15,8 +18,9 @@ the same work in the same run. This module holds what they share:
 - :func:`table` for the markdown the results files hold, and
   :func:`settle`, :func:`machine` for the run's conditions.
 
-It imports nothing outside the standard library, so a script can import
-it before deciding which clients it needs.
+It imports nothing outside the standard library but chatmem itself
+(which needs no optional dependency), so a script can import it before
+deciding which clients it needs.
 """
 
 from __future__ import annotations
@@ -33,20 +37,28 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
+
+from chatmem import BaseChatMessageMemory, Message
 
 __all__ = [
     "ChatWorkload",
     "Figure",
     "Turn",
+    "chatmem_message",
+    "chunks",
     "interleave",
     "machine",
     "percentile",
     "ratio",
     "settle",
+    "store_turns",
     "table",
     "timed",
+    "turn_adder",
 ]
+
+T = TypeVar("T")
 
 # -- workload -------------------------------------------------------------
 
@@ -196,6 +208,59 @@ def _text(rng: random.Random, corpus: str, median: int, sigma: float) -> str:
     length = min(6000, max(2, int(rng.lognormvariate(math.log(median), sigma))))
     begin = rng.randrange(len(corpus) - length)
     return corpus[begin : begin + length]
+
+
+# -- turns as chatmem takes them -----------------------------------------
+
+_MICRO = timedelta(microseconds=1)
+
+
+def chatmem_message(turn: Turn) -> Message:
+    """Return a turn as the chatmem message an application would build."""
+    return Message(
+        session_id=turn.session_id,
+        role=turn.role,
+        content=turn.content,
+        user_id=turn.user_id,
+        metadata=turn.metadata,
+        created_at=_EPOCH + turn.created_us * _MICRO,
+    )
+
+
+def turn_adder(store: BaseChatMessageMemory) -> Callable[[Turn], object]:
+    """Return a call that stores one turn with ``store.add``, dated."""
+
+    def add(turn: Turn) -> None:
+        store.add(
+            turn.session_id,
+            turn.role,
+            turn.content,
+            user_id=turn.user_id,
+            metadata=turn.metadata,
+            created_at=_EPOCH + turn.created_us * _MICRO,
+        )
+
+    return add
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Yield ``items`` in lists of ``size`` (the last one may be shorter)."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def store_turns(
+    store: BaseChatMessageMemory, turns: Iterable[Turn], batch: int
+) -> None:
+    """Pre-fill ``store`` with ``turns``, ``add_messages`` of ``batch`` each."""
+    for part in chunks(turns, batch):
+        store.add_messages([chatmem_message(t) for t in part])
 
 
 # -- timing ---------------------------------------------------------------

@@ -78,7 +78,6 @@ from _harness import (
 )
 
 import chatmem
-from chatmem import Message
 from chatmem.aio import AsyncChatMemory
 
 warnings.simplefilter("ignore")  # the peers' deprecation notices
@@ -124,18 +123,6 @@ QUICK = Plan(levels=[1, 8, 64], calls=320, rounds=5)
 
 
 # -- the systems --------------------------------------------------------------
-
-
-def chatmem_message(turn: Turn) -> Message:
-    """Return a turn as the chatmem message an application would build."""
-    return Message(
-        session_id=turn.session_id,
-        role=turn.role,
-        content=turn.content,
-        user_id=turn.user_id,
-        metadata=turn.metadata,
-        created_at=EPOCH + turn.created_us * MICRO,
-    )
 
 
 class System:

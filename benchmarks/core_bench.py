@@ -46,7 +46,7 @@ import tempfile
 import time
 import tracemalloc
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,6 +60,7 @@ from _harness import (
     interleave,
     machine,
     settle,
+    store_turns,
     table,
     timed,
 )
@@ -164,21 +165,6 @@ def remove_db(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-def chatmem_messages(turns: Iterable[Turn]) -> list[Message]:
-    """Return the turns as chatmem messages with their workload times."""
-    return [
-        Message(
-            session_id=t.session_id,
-            role=t.role,
-            content=t.content,
-            user_id=t.user_id,
-            metadata=t.metadata,
-            created_at=EPOCH + t.created_us * MICRO,
-        )
-        for t in turns
-    ]
-
-
 def raw_row(turn: Turn, created_us: int) -> tuple[Any, ...]:
     """Return the row raw sqlite3 inserts for a turn."""
     meta = json.dumps(turn.metadata, separators=(",", ":")) if turn.metadata else ""
@@ -262,8 +248,7 @@ class Systems:
         remove_db(path)
         begin = time.perf_counter()
         store = chatmem.open(f"sqlite:///{path}")
-        for start in range(0, len(turns), PREFILL_BATCH):
-            store.add_messages(chatmem_messages(turns[start : start + PREFILL_BATCH]))
+        store_turns(store, turns, PREFILL_BATCH)
         store.close()
         self.prefill[SQLITE] = time.perf_counter() - begin
         raw_path = folder / "raw.db"
@@ -274,10 +259,7 @@ class Systems:
 
         begin = time.perf_counter()
         self.memory = chatmem.open("memory://")
-        for start in range(0, len(turns), PREFILL_BATCH):
-            self.memory.add_messages(
-                chatmem_messages(turns[start : start + PREFILL_BATCH])
-            )
+        store_turns(self.memory, turns, PREFILL_BATCH)
         self.prefill[MEMORY] = time.perf_counter() - begin
 
         begin = time.perf_counter()
@@ -1136,8 +1118,7 @@ def profile(name: str, folder: Path) -> None:
     remove_db(path)
     url = f"sqlite:///{path}" if backend == "sqlite" else "memory://"
     store = chatmem.open(url)
-    for start in range(0, len(turns), PREFILL_BATCH):
-        store.add_messages(chatmem_messages(turns[start : start + PREFILL_BATCH]))
+    store_turns(store, turns, PREFILL_BATCH)
     extra = list(ChatWorkload(seed=2, count=5000).turns())
     rng = random.Random(3)
     samples = workload.samples
@@ -1153,8 +1134,7 @@ def profile(name: str, folder: Path) -> None:
                     metadata=t.metadata,
                 )
         elif operation == "batch":
-            for start in range(0, len(extra), BATCH):
-                store.add_messages(chatmem_messages(extra[start : start + BATCH]))
+            store_turns(store, extra, BATCH)
         elif operation == "history":
             for _ in range(20_000):
                 store.history(rng.choice(samples).session_id, last=20)

@@ -59,7 +59,6 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +69,16 @@ from _harness import (
     ChatWorkload,
     Figure,
     Turn,
+    chatmem_message,
+    chunks,
     command_line,
     interleave,
     machine,
     settle,
+    store_turns,
     table,
     timed,
+    turn_adder,
 )
 from confluent_kafka import (
     Consumer,
@@ -86,7 +89,6 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from chatmem import Message
 from chatmem.backends.kafka import KafkaMemory, KafkaReader
 
 warnings.simplefilter("ignore")  # LangChain's deprecation notices
@@ -105,8 +107,6 @@ from langchain_core.messages import (  # noqa: E402
 HERE = Path(__file__).resolve().parent
 BATCH = 100
 PARTITIONS = 6
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MICRO = timedelta(microseconds=1)
 
 CHATMEM = "chatmem kafka://"
 RAW = "raw confluent-kafka producer"
@@ -185,18 +185,6 @@ def create_topic(admin: AdminClient, name: str, partitions: int) -> None:
 
 
 # -- the systems ----------------------------------------------------------
-
-
-def chatmem_message(turn: Turn) -> Message:
-    """Return a turn as the chatmem message an application would build."""
-    return Message(
-        session_id=turn.session_id,
-        role=turn.role,
-        content=turn.content,
-        user_id=turn.user_id,
-        metadata=turn.metadata,
-        created_at=EPOCH + turn.created_us * MICRO,
-    )
 
 
 def lc_message(turn: Turn) -> BaseMessage:
@@ -367,16 +355,13 @@ class Systems:
         self.topic = f"bench-chatmem-{run}"
         self.url = f"kafka://{bootstrap}/{self.topic}"
         self.store = KafkaMemory.from_url(self.url, partitions=PARTITIONS, timeout=30)
-        for start in range(0, len(turns), 1000):
-            self.store.add_messages(
-                [chatmem_message(t) for t in turns[start : start + 1000]]
-            )
+        store_turns(self.store, turns, 1000)
 
         raw_topic = f"bench-raw-{run}"
         create_topic(self.admin, raw_topic, PARTITIONS)
         self.raw = RawKafka(bootstrap, raw_topic)
-        for start in range(0, len(turns), 1000):
-            self.raw.add_batch(turns[start : start + 1000])
+        for part in chunks(turns, 1000):
+            self.raw.add_batch(part)
         self.scanner = Consumer({"bootstrap.servers": bootstrap, **CONSUMER})
 
         # LangChain's topics are one per session, made with the history.
@@ -439,15 +424,7 @@ def write_cases(systems: Systems, fresh: list[Turn], plan: Plan) -> tuple[Cases,
 
     store, raw = systems.store, systems.raw
 
-    def chatmem_add(turn: Turn) -> None:
-        store.add(
-            turn.session_id,
-            turn.role,
-            turn.content,
-            user_id=turn.user_id,
-            metadata=turn.metadata,
-            created_at=EPOCH + turn.created_us * MICRO,
-        )
+    chatmem_add = turn_adder(store)
 
     def lc_add(turn: Turn) -> None:
         systems.lc_history(turn.session_id).add_message(lc_message(turn))

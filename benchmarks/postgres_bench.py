@@ -53,7 +53,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +61,18 @@ from _harness import (
     ChatWorkload,
     Figure,
     Turn,
+    chatmem_message,
     command_line,
     interleave,
     machine,
     settle,
+    store_turns,
     table,
     timed,
+    turn_adder,
 )
 
 import chatmem
-from chatmem import Message
 
 warnings.simplefilter("ignore")  # LangChain's deprecation notices
 
@@ -93,8 +94,6 @@ from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BATCH = 100
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MICRO = timedelta(microseconds=1)
 ROLE_CODES = {"system": 0, "user": 1, "assistant": 2, "tool": 3}
 OVERHEAD = 192  # PostgresMemory.message_overhead, kept in the size column
 
@@ -190,18 +189,6 @@ def local_server() -> Iterator[str]:
 # -- the systems ----------------------------------------------------------
 
 
-def chatmem_message(turn: Turn) -> Message:
-    """Return a turn as the chatmem message an application would build."""
-    return Message(
-        session_id=turn.session_id,
-        role=turn.role,
-        content=turn.content,
-        user_id=turn.user_id,
-        metadata=turn.metadata,
-        created_at=EPOCH + turn.created_us * MICRO,
-    )
-
-
 def raw_row(turn: Turn) -> tuple[Any, ...]:
     """Return the row raw psycopg writes for a turn, as chatmem lays it out."""
     meta = json.dumps(turn.metadata, separators=(",", ":")) if turn.metadata else ""
@@ -280,10 +267,7 @@ class Systems:
 
         begin = time.perf_counter()
         self.store = chatmem.open(url, schema="bench")
-        for start in range(0, len(turns), 1000):
-            self.store.add_messages(
-                [chatmem_message(t) for t in turns[start : start + 1000]]
-            )
+        store_turns(self.store, turns, 1000)
         self.prefill[CHATMEM] = time.perf_counter() - begin
 
         # Raw psycopg gets the same tables with the same rows.
@@ -393,15 +377,7 @@ def write_cases(
 
     store, raw, loop = systems.store, systems.raw, systems.loop
 
-    def chatmem_add(turn: Turn) -> None:
-        store.add(
-            turn.session_id,
-            turn.role,
-            turn.content,
-            user_id=turn.user_id,
-            metadata=turn.metadata,
-            created_at=EPOCH + turn.created_us * MICRO,
-        )
+    chatmem_add = turn_adder(store)
 
     def raw_add(turn: Turn) -> None:
         raw.execute(RAW_INSERT, raw_row(turn)).fetchone()

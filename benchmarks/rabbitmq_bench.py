@@ -44,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _harness import (
     ChatWorkload,
     Figure,
+    chatmem_message,
+    chunks,
     command_line,
     interleave,
     machine,
@@ -54,7 +56,7 @@ from rstream import Consumer, ConsumerOffsetSpecification, OffsetType, Producer
 
 import chatmem
 from chatmem import Message
-from chatmem.message import encode, from_micros
+from chatmem.message import encode
 
 SINGLES = 200
 BATCH = 500
@@ -65,17 +67,7 @@ HISTORY_CALLS = 200
 def messages(seed: int, count: int) -> list[Message]:
     """Return ``count`` chat turns of a seeded workload."""
     workload = ChatWorkload(seed=seed, count=count)
-    return [
-        Message(
-            session_id=turn.session_id,
-            role=turn.role,
-            content=turn.content,
-            user_id=turn.user_id,
-            created_at=from_micros(turn.created_us),
-            metadata=turn.metadata,
-        )
-        for turn in workload.turns()
-    ]
+    return [chatmem_message(turn) for turn in workload.turns()]
 
 
 class Raw:
@@ -257,8 +249,8 @@ def run(args: argparse.Namespace, host: str, port: int) -> str:
     writer = chatmem.open(writes_url, timeout=30)
     try:
         # The store to read from and rebuild: args.stored turns.
-        for begin in range(0, len(stored), BATCH):
-            memory.add_messages(stored[begin : begin + BATCH])
+        for part in chunks(stored, BATCH):
+            memory.add_messages(part)
         stream_records = memory.applied_records
         sessions = sorted({m.session_id for m in stored})
         picks = random.Random(args.seed).choices(sessions, k=HISTORY_CALLS)

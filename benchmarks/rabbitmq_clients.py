@@ -38,6 +38,7 @@ import pika
 from _harness import (
     ChatWorkload,
     Figure,
+    chunks,
     command_line,
     interleave,
     machine,
@@ -78,11 +79,6 @@ def bodies(seed: int, count: int) -> list[bytes]:
         )
         out.append(encode(message))
     return out
-
-
-def chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:
-    for begin in range(0, len(items), size):
-        yield items[begin : begin + size]
 
 
 # -- pika ------------------------------------------------------------------

@@ -57,7 +57,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -67,16 +66,19 @@ from _harness import (
     ChatWorkload,
     Figure,
     Turn,
+    chatmem_message,
+    chunks,
     command_line,
     interleave,
     machine,
     settle,
+    store_turns,
     table,
     timed,
+    turn_adder,
 )
 
 import chatmem
-from chatmem import Message
 
 warnings.simplefilter("ignore")  # LangChain's deprecation notices
 
@@ -95,8 +97,6 @@ from langchain_core.messages import (  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BATCH = 100
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MICRO = timedelta(microseconds=1)
 ROLE_CODES = {"system": 0, "user": 1, "assistant": 2, "tool": 3}
 
 CHATMEM = "chatmem redis://"
@@ -165,18 +165,6 @@ def local_server() -> Iterator[str]:
 
 
 # -- the systems ----------------------------------------------------------
-
-
-def chatmem_message(turn: Turn) -> Message:
-    """Return a turn as the chatmem message an application would build."""
-    return Message(
-        session_id=turn.session_id,
-        role=turn.role,
-        content=turn.content,
-        user_id=turn.user_id,
-        metadata=turn.metadata,
-        created_at=EPOCH + turn.created_us * MICRO,
-    )
 
 
 class RawLayout:
@@ -285,15 +273,12 @@ class Systems:
         admin.flushdb()
 
         self.store = chatmem.open(url)
-        for start in range(0, len(turns), 1000):
-            self.store.add_messages(
-                [chatmem_message(t) for t in turns[start : start + 1000]]
-            )
+        store_turns(self.store, turns, 1000)
 
         self.client = redis.Redis.from_url(url)
         self.raw = RawLayout(self.client, 1)
-        for start in range(0, len(turns), 1000):
-            self.raw.add_batch(turns[start : start + 1000])
+        for part in chunks(turns, 1000):
+            self.raw.add_batch(part)
 
         # The peers' lists are filled with what their own writers store;
         # going through their one-command-per-message writers is not what
@@ -369,15 +354,7 @@ def write_cases(
 
     store, raw, client, loop = systems.store, systems.raw, systems.client, systems.loop
 
-    def chatmem_add(turn: Turn) -> None:
-        store.add(
-            turn.session_id,
-            turn.role,
-            turn.content,
-            user_id=turn.user_id,
-            metadata=turn.metadata,
-            created_at=EPOCH + turn.created_us * MICRO,
-        )
+    chatmem_add = turn_adder(store)
 
     def raw_push(turn: Turn) -> None:
         body = json.dumps(

@@ -50,7 +50,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +62,13 @@ from _harness import (
     machine,
     ratio,
     settle,
+    store_turns,
     table,
     timed,
 )
 
 import chatmem
-from chatmem import BaseChatMessageMemory, Message
+from chatmem import BaseChatMessageMemory
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -120,24 +121,7 @@ def backend_url(name: str, folder: Path) -> Iterator[tuple[str, dict[str, Any]]]
 def fill(store: BaseChatMessageMemory, plan: Plan, seed: int) -> ChatWorkload:
     """Store the workload's turns; return it (sessions and samples)."""
     workload = ChatWorkload(seed=seed, count=plan.messages)
-    batch: list[Message] = []
-    for turn in workload.turns():
-        created = datetime.fromtimestamp(turn.created_us / 1e6, UTC)
-        batch.append(
-            Message(
-                session_id=turn.session_id,
-                role=turn.role,
-                content=turn.content,
-                user_id=turn.user_id,
-                metadata=turn.metadata,
-                created_at=created,
-            )
-        )
-        if len(batch) == BATCH:
-            store.add_messages(batch)
-            batch = []
-    if batch:
-        store.add_messages(batch)
+    store_turns(store, workload.turns(), BATCH)
     return workload
 
 
