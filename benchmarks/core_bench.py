@@ -71,16 +71,13 @@ from chatmem.backends.sqlite import SCHEMA
 
 warnings.simplefilter("ignore")  # LangChain's deprecation notices
 
+from _peers import lc_message  # noqa: E402
 from langchain_community.chat_message_histories import (  # noqa: E402
     SQLChatMessageHistory,
 )
 from langchain_core.chat_history import InMemoryChatMessageHistory  # noqa: E402
 from langchain_core.messages import (  # noqa: E402
-    AIMessage,
-    BaseMessage,
     HumanMessage,
-    SystemMessage,
-    ToolMessage,
     message_to_dict,
 )
 from sqlalchemy import create_engine, event  # noqa: E402
@@ -189,35 +186,6 @@ def raw_connect(path: str) -> sqlite3.Connection:
     for statement in SCHEMA:
         conn.execute(statement)
     return conn
-
-
-def lc_message(turn: Turn) -> BaseMessage:
-    """Return a turn as the LangChain message an application would build."""
-    role = turn.role
-    if role == "user":
-        return HumanMessage(content=turn.content)
-    if role == "assistant":
-        calls = turn.metadata.get("tool_calls")
-        if calls:
-            return AIMessage(
-                content=turn.content,
-                tool_calls=[
-                    {
-                        "name": call["function"]["name"],
-                        "args": json.loads(call["function"]["arguments"]),
-                        "id": call["id"],
-                    }
-                    for call in calls
-                ],
-            )
-        return AIMessage(content=turn.content)
-    if role == "tool":
-        return ToolMessage(
-            content=turn.content,
-            tool_call_id=turn.metadata["tool_call_id"],
-            name=turn.metadata["name"],
-        )
-    return SystemMessage(content=turn.content)
 
 
 def lc_engine(path: Path, *, tuned: bool) -> Any:

@@ -93,15 +93,12 @@ from chatmem.backends.kafka import KafkaMemory, KafkaReader
 
 warnings.simplefilter("ignore")  # LangChain's deprecation notices
 
+from _peers import lc_message  # noqa: E402
 from langchain_community.chat_message_histories import (  # noqa: E402
     KafkaChatMessageHistory,
 )
 from langchain_core.messages import (  # noqa: E402
-    AIMessage,
     BaseMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -185,34 +182,6 @@ def create_topic(admin: AdminClient, name: str, partitions: int) -> None:
 
 
 # -- the systems ----------------------------------------------------------
-
-
-def lc_message(turn: Turn) -> BaseMessage:
-    """Return a turn as the LangChain message an application would build."""
-    if turn.role == "user":
-        return HumanMessage(content=turn.content)
-    if turn.role == "assistant":
-        calls = turn.metadata.get("tool_calls")
-        if calls:
-            return AIMessage(
-                content=turn.content,
-                tool_calls=[
-                    {
-                        "name": call["function"]["name"],
-                        "args": json.loads(call["function"]["arguments"]),
-                        "id": call["id"],
-                    }
-                    for call in calls
-                ],
-            )
-        return AIMessage(content=turn.content)
-    if turn.role == "tool":
-        return ToolMessage(
-            content=turn.content,
-            tool_call_id=turn.metadata["tool_call_id"],
-            name=turn.metadata["name"],
-        )
-    return SystemMessage(content=turn.content)
 
 
 class RawKafka:

@@ -82,16 +82,12 @@ import chatmem
 
 warnings.simplefilter("ignore")  # LangChain's deprecation notices
 
+from _peers import agents_item, lc_message  # noqa: E402
 from agents.extensions.memory import RedisSession  # noqa: E402
 from langchain_community.chat_message_histories import (  # noqa: E402
     RedisChatMessageHistory,
 )
 from langchain_core.messages import (  # noqa: E402
-    AIMessage,
-    BaseMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
     message_to_dict,
 )
 
@@ -214,54 +210,6 @@ class RawLayout:
 
     def get(self, message_id: str) -> Any:
         return json.loads(self.client.hget("raw:m", message_id))
-
-
-def lc_message(turn: Turn) -> BaseMessage:
-    """Return a turn as the LangChain message an application would build."""
-    if turn.role == "user":
-        return HumanMessage(content=turn.content)
-    if turn.role == "assistant":
-        calls = turn.metadata.get("tool_calls")
-        if calls:
-            return AIMessage(
-                content=turn.content,
-                tool_calls=[
-                    {
-                        "name": call["function"]["name"],
-                        "args": json.loads(call["function"]["arguments"]),
-                        "id": call["id"],
-                    }
-                    for call in calls
-                ],
-            )
-        return AIMessage(content=turn.content)
-    if turn.role == "tool":
-        return ToolMessage(
-            content=turn.content,
-            tool_call_id=turn.metadata["tool_call_id"],
-            name=turn.metadata["name"],
-        )
-    return SystemMessage(content=turn.content)
-
-
-def agents_item(turn: Turn) -> dict[str, Any]:
-    """Return a turn as an Agents SDK input item."""
-    if turn.role == "tool":
-        return {
-            "type": "function_call_output",
-            "call_id": turn.metadata["tool_call_id"],
-            "output": turn.content,
-        }
-    calls = turn.metadata.get("tool_calls")
-    if calls:
-        call = calls[0]
-        return {
-            "type": "function_call",
-            "call_id": call["id"],
-            "name": call["function"]["name"],
-            "arguments": call["function"]["arguments"],
-        }
-    return {"role": turn.role, "content": turn.content}
 
 
 class Systems:
