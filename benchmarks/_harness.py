@@ -15,8 +15,11 @@ the same work in the same run. This module holds what they share:
   machine hits every case alike;
 - :class:`Figure`, the median, p99 and rate of one case, and
   :func:`ratio` to set it beside its baseline;
-- :func:`table` for the markdown the results files hold, and
-  :func:`settle`, :func:`machine` for the run's conditions.
+- :func:`table` for the markdown the results files hold,
+  :func:`speed_table` for the one most scripts print per operation,
+  :func:`report_head` and :func:`speed_method` for the lines that open
+  such a report, and :func:`settle`, :func:`machine` for the run's
+  conditions.
 
 It imports nothing outside the standard library but chatmem itself
 (which needs no optional dependency), so a script can import it before
@@ -51,7 +54,10 @@ __all__ = [
     "machine",
     "percentile",
     "ratio",
+    "report_head",
     "settle",
+    "speed_method",
+    "speed_table",
     "store_turns",
     "table",
     "timed",
@@ -410,3 +416,61 @@ def command_line() -> str:
     """Return the command that started this run, as typed."""
     script = os.path.relpath(sys.argv[0])
     return " ".join([".venv/bin/python", script, *sys.argv[1:]])
+
+
+def report_head(title: str, conditions: str) -> list[str]:
+    """Return a report's opening lines: title, command, machine.
+
+    ``conditions`` follows the machine line: the server and its settings.
+    """
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{command_line()}`",
+        "",
+        f"Machine: {machine()}. {conditions}",
+        "",
+    ]
+
+
+def speed_method(rounds: int, elapsed: float) -> str:
+    """Return the sentences saying how a :func:`speed_table` was timed."""
+    return (
+        f"{rounds} timed rounds after one warm-up round,"
+        f" round-robin; cases ran in {elapsed:.0f} s. Medians and p99 are"
+        " per call; msgs/s is at the median; the speed column is the"
+        " baseline's median time over the system's (above 1 is faster)."
+    )
+
+
+SPEED_HEADERS = (
+    "system",
+    "median us",
+    "p99 us",
+    "msgs/s",
+    "speed vs baseline",
+    "calls",
+)
+
+
+def speed_table(figures: dict[str, Figure], baseline: str) -> str:
+    """Return every case's median, p99 and rate beside ``baseline``'s.
+
+    The speed column is the baseline's median time over the case's, so
+    above 1 is faster; figures keep their order.
+    """
+    base = figures[baseline]
+    rows = []
+    for name, figure in figures.items():
+        speed = base.median_us / figure.median_us
+        rows.append(
+            [
+                name,
+                f"{figure.median_us:,.0f}",
+                f"{figure.p99_us:,.0f}",
+                f"{figure.rate:,.0f}",
+                "1.00x (baseline)" if name == baseline else f"{speed:.2f}x",
+                str(figure.reps),
+            ]
+        )
+    return table(SPEED_HEADERS, rows)

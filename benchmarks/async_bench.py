@@ -71,8 +71,7 @@ from _harness import (
     ChatWorkload,
     Figure,
     Turn,
-    command_line,
-    machine,
+    report_head,
     settle,
     table,
 )
@@ -544,12 +543,10 @@ def main() -> None:
     elapsed = time.perf_counter() - started
 
     out = [
-        "# asyncio: chatmem's native faces beside the thread offload",
-        "",
-        f"Command: `{command_line()}`",
-        "",
-        f"Machine: {machine()}. Servers on loopback.",
-        "",
+        *report_head(
+            "asyncio: chatmem's native faces beside the thread offload",
+            "Servers on loopback.",
+        ),
         f"N tasks on one event loop each own a session pre-filled with"
         f" {PREFILL} turns and repeat add + history(last=20) on it;"
         f" {plan.calls} pairs per round spread over the tasks,"

@@ -71,10 +71,11 @@ from _harness import (
     Turn,
     chatmem_message,
     chunks,
-    command_line,
     interleave,
-    machine,
+    report_head,
     settle,
+    speed_method,
+    speed_table,
     store_turns,
     table,
     timed,
@@ -655,27 +656,6 @@ def _compare(got: list[str], truth: list[str]) -> str:
 # -- the report -----------------------------------------------------------
 
 
-HEADERS = ["system", "median us", "p99 us", "msgs/s", "speed vs baseline", "calls"]
-
-
-def rows(figures: dict[str, Figure], baseline: str) -> list[list[str]]:
-    base = figures[baseline]
-    found = []
-    for name, figure in figures.items():
-        speed = base.median_us / figure.median_us
-        found.append(
-            [
-                name,
-                f"{figure.median_us:,.0f}",
-                f"{figure.p99_us:,.0f}",
-                f"{figure.rate:,.0f}",
-                "1.00x (baseline)" if name == baseline else f"{speed:.2f}x",
-                str(figure.reps),
-            ]
-        )
-    return found
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bootstrap", help="host:port of a broker to use")
@@ -734,19 +714,14 @@ def main() -> None:
     rebuild_rate = rebuild[CHATMEM].rate
     where = "the broker at --bootstrap" if args.bootstrap else "a private Tansu"
     out = [
-        "# Kafka backend: chatmem beside raw confluent-kafka and LangChain",
-        "",
-        f"Command: `{command_line()}`",
-        "",
-        f"Machine: {machine()}. Broker: {where} on loopback (memory storage"
-        f" when private), {PARTITIONS} partitions per topic.",
-        "",
+        *report_head(
+            "Kafka backend: chatmem beside raw confluent-kafka and LangChain",
+            f"Broker: {where} on loopback (memory storage"
+            f" when private), {PARTITIONS} partitions per topic.",
+        ),
         f"chatmem and the raw producer were pre-filled with the same"
         f" {plan.size:,} seeded chat turns (in {filled:.0f} s, batches of"
-        f" 1,000); {plan.rounds} timed rounds after one warm-up round,"
-        f" round-robin; cases ran in {elapsed:.0f} s. Medians and p99 are"
-        " per call; msgs/s is at the median; the speed column is the"
-        " baseline's median time over the system's (above 1 is faster).",
+        f" 1,000); {speed_method(plan.rounds, elapsed)}",
         "",
         "Targets (chatmem):",
         "",
@@ -796,7 +771,7 @@ def main() -> None:
         " LangChain with librdkafka's defaults). chatmem also checks the"
         " message, encodes its record and writes it to the local index.",
         "",
-        table(HEADERS, rows(add_figures, RAW)),
+        speed_table(add_figures, RAW),
         "",
         f"## add_messages, {BATCH} messages of one session per call",
         "",
@@ -805,7 +780,7 @@ def main() -> None:
         " nothing for every reader) and writes the index. The raw producer"
         " flushes once; LangChain flushes once, with no ordering key.",
         "",
-        table(HEADERS, rows(batch_figures, RAW)),
+        speed_table(batch_figures, RAW),
         "",
         "## history(last=20) of a random session",
         "",
@@ -814,7 +789,7 @@ def main() -> None:
         " baseline here, shown for scale. LangChain has no such read;"
         " see below for what its reads return.",
         "",
-        table(HEADERS, rows(history, RAW_SCAN)),
+        speed_table(history, RAW_SCAN),
         "",
         f"## index rebuild: a fresh open replaying {records:,} records",
         "",
@@ -823,7 +798,7 @@ def main() -> None:
         " same topic to its end with the same fetch settings. msgs/s here"
         " is records per second.",
         "",
-        table(HEADERS, rows(rebuild, RAW_READ)),
+        speed_table(rebuild, RAW_READ),
         "",
         "## LangChain KafkaChatMessageHistory: what its reads return",
         "",

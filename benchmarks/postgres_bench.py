@@ -62,12 +62,12 @@ from _harness import (
     Figure,
     Turn,
     chatmem_message,
-    command_line,
     interleave,
-    machine,
+    report_head,
     settle,
+    speed_method,
+    speed_table,
     store_turns,
-    table,
     timed,
     turn_adder,
 )
@@ -467,29 +467,6 @@ def read_cases(
 # -- the report -----------------------------------------------------------
 
 
-def rows(
-    figures: dict[str, Figure], baseline: str, unit: str = "ops/s"
-) -> list[list[str]]:
-    base = figures[baseline]
-    found = []
-    for name, figure in figures.items():
-        speed = base.median_us / figure.median_us
-        found.append(
-            [
-                name,
-                f"{figure.median_us:,.0f}",
-                f"{figure.p99_us:,.0f}",
-                f"{figure.rate:,.0f}",
-                "1.00x (baseline)" if name == baseline else f"{speed:.2f}x",
-                str(figure.reps),
-            ]
-        )
-    return found
-
-
-HEADERS = ["system", "median us", "p99 us", "msgs/s", "speed vs baseline", "calls"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", help="PostgreSQL URL; default: start one")
@@ -533,19 +510,14 @@ def main() -> None:
     pipe_ratio = speed(batch_figures, RAW_PIPE)
     read_ratio = read_figures[CHATMEM].median_us / read_figures[RAW].median_us
     out = [
-        "# PostgreSQL backend: chatmem beside raw psycopg and its peers",
-        "",
-        f"Command: `{command_line()}`",
-        "",
-        f"Machine: {machine()}. PostgreSQL {version[0] if version else '?'}"
-        f" on loopback, fsync={durable[0] if durable else '?'},"
-        f" synchronous_commit={durable[1] if durable else '?'}.",
-        "",
+        *report_head(
+            "PostgreSQL backend: chatmem beside raw psycopg and its peers",
+            f"PostgreSQL {version[0] if version else '?'}"
+            f" on loopback, fsync={durable[0] if durable else '?'},"
+            f" synchronous_commit={durable[1] if durable else '?'}.",
+        ),
         f"Each system was pre-filled with the same {plan.size:,} seeded chat"
-        f" turns; {plan.rounds} timed rounds after one warm-up round,"
-        f" round-robin; cases ran in {elapsed:.0f} s. Medians and p99 are"
-        " per call; msgs/s is at the median; the speed column is the"
-        " baseline's median time over the system's (above 1 is faster).",
+        f" turns; {speed_method(plan.rounds, elapsed)}",
         "",
         f"Targets: one-by-one add at least 0.8x raw ({add_ratio:.2f}x here),"
         " batched at least 0.7x a raw pipeline or COPY"
@@ -555,23 +527,23 @@ def main() -> None:
         "",
         "## add, one message per call (one transaction each)",
         "",
-        table(HEADERS, rows(add_figures, RAW)),
+        speed_table(add_figures, RAW),
         "",
         f"## add_messages, {BATCH} messages per call (atomic)",
         "",
         "COPY returns no ids; chatmem and pipelined executemany return them.",
         "",
-        table(HEADERS, rows(batch_figures, RAW_COPY_NAME)),
+        speed_table(batch_figures, RAW_COPY_NAME),
         "",
         "## history(last=20) of a random session",
         "",
         "The LangChain histories read the whole session and slice it.",
         "",
-        table(HEADERS, rows(read_figures, RAW)),
+        speed_table(read_figures, RAW),
         "",
         "## get by id",
         "",
-        table(HEADERS, rows(get_figures, RAW)),
+        speed_table(get_figures, RAW),
         "",
     ]
     report = "\n".join(out)

@@ -64,16 +64,15 @@ import redis
 import redis.asyncio
 from _harness import (
     ChatWorkload,
-    Figure,
     Turn,
     chatmem_message,
     chunks,
-    command_line,
     interleave,
-    machine,
+    report_head,
     settle,
+    speed_method,
+    speed_table,
     store_turns,
-    table,
     timed,
     turn_adder,
 )
@@ -404,27 +403,6 @@ def check(systems: Systems, targets: list[str]) -> None:
 # -- the report -----------------------------------------------------------
 
 
-def rows(figures: dict[str, Figure], baseline: str) -> list[list[str]]:
-    base = figures[baseline]
-    found = []
-    for name, figure in figures.items():
-        speed = base.median_us / figure.median_us
-        found.append(
-            [
-                name,
-                f"{figure.median_us:,.0f}",
-                f"{figure.p99_us:,.0f}",
-                f"{figure.rate:,.0f}",
-                "1.00x (baseline)" if name == baseline else f"{speed:.2f}x",
-                str(figure.reps),
-            ]
-        )
-    return found
-
-
-HEADERS = ["system", "median us", "p99 us", "msgs/s", "speed vs baseline", "calls"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", help="Redis URL (its database is flushed)")
@@ -463,19 +441,14 @@ def main() -> None:
     batch_ratio = batch_figures[RAW].median_us / batch_figures[CHATMEM].median_us
     read_ratio = read_figures[CHATMEM].median_us / read_figures[RAW].median_us
     out = [
-        "# Redis backend: chatmem beside raw redis-py and its peers",
-        "",
-        f"Command: `{command_line()}`",
-        "",
-        f"Machine: {machine()}. Redis {systems.version} on loopback,"
-        f" {'the server at --url' if args.url else 'persistence off'};"
-        f" {systems.memory_mb:,.0f} MB used after the pre-fill.",
-        "",
+        *report_head(
+            "Redis backend: chatmem beside raw redis-py and its peers",
+            f"Redis {systems.version} on loopback,"
+            f" {'the server at --url' if args.url else 'persistence off'};"
+            f" {systems.memory_mb:,.0f} MB used after the pre-fill.",
+        ),
         f"Each system was pre-filled with the same {plan.size:,} seeded chat"
-        f" turns; {plan.rounds} timed rounds after one warm-up round,"
-        f" round-robin; cases ran in {elapsed:.0f} s. Medians and p99 are"
-        " per call; msgs/s is at the median; the speed column is the"
-        " baseline's median time over the system's (above 1 is faster).",
+        f" turns; {speed_method(plan.rounds, elapsed)}",
         "",
         f"Targets: one-by-one add at least 0.8x raw ({add_ratio:.2f}x here),"
         f" batched at least 0.7x the raw pipeline ({batch_ratio:.2f}x),"
@@ -487,25 +460,25 @@ def main() -> None:
         "chatmem's round trip also takes the id from the server, checks the"
         " budget and records the write's retry ticket.",
         "",
-        table(HEADERS, rows(add_figures, RAW)),
+        speed_table(add_figures, RAW),
         "",
         f"## add_messages, {BATCH} messages of one session per call (atomic)",
         "",
         "The peers send one command per message (LangChain) or per item"
         " list (Agents SDK).",
         "",
-        table(HEADERS, rows(batch_figures, RAW)),
+        speed_table(batch_figures, RAW),
         "",
         "## history(last=20) of a random session",
         "",
         "LangChain reads the whole session and slices it; chatmem returns"
         " Message objects, the raw query decoded JSON lists.",
         "",
-        table(HEADERS, rows(read_figures, RAW)),
+        speed_table(read_figures, RAW),
         "",
         "## get by id",
         "",
-        table(HEADERS, rows(get_figures, RAW)),
+        speed_table(get_figures, RAW),
         "",
     ]
     report = "\n".join(out)
