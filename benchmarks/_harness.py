@@ -19,7 +19,10 @@ the same work in the same run. This module holds what they share:
   :func:`speed_table` for the one most scripts print per operation,
   :func:`report_head` and :func:`speed_method` for the lines that open
   such a report, and :func:`settle`, :func:`machine` for the run's
-  conditions.
+  conditions;
+- :func:`private_server`, a server of ``tests/servers.py`` started on
+  loopback as the tests start it, and :func:`exit_on_sigterm`, so that
+  a terminated run still stops the servers it started.
 
 It imports nothing outside the standard library but chatmem itself
 (which needs no optional dependency), so a script can import it before
@@ -28,11 +31,13 @@ deciding which clients it needs.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
 import platform
 import random
+import signal
 import sqlite3
 import statistics
 import sys
@@ -40,6 +45,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from chatmem import BaseChatMessageMemory, Message
@@ -50,9 +56,11 @@ __all__ = [
     "Turn",
     "chatmem_message",
     "chunks",
+    "exit_on_sigterm",
     "interleave",
     "machine",
     "percentile",
+    "private_server",
     "ratio",
     "report_head",
     "settle",
@@ -378,6 +386,46 @@ def settle() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+# -- servers ------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into ``sys.exit``, so ``finally`` blocks stop servers."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+
+
+@contextlib.contextmanager
+def private_server(kind: str) -> Iterator[Any]:
+    """Start a ``tests/servers.py`` server on loopback; yield it, then close it.
+
+    ``kind`` is ``redis``, ``postgres``, ``rabbitmq`` or ``kafka``; the
+    server has the tests' settings (see that module). A server that does
+    not start ends the run with the reason and the fix.
+    """
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests import servers
+
+    kinds: dict[str, type[servers.LocalServer]] = {
+        "redis": servers.RedisServer,
+        "postgres": servers.PostgresServer,
+        "rabbitmq": servers.RabbitMQServer,
+        "kafka": servers.KafkaServer,
+    }
+    exit_on_sigterm()
+    try:
+        server = kinds[kind]()
+        server.start()
+    except servers.ServerUnavailable as exc:
+        sys.exit(f"Cannot start a private {kind} server: {exc}")
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 # -- reporting ------------------------------------------------------------

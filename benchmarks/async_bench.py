@@ -52,7 +52,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import signal
 import statistics
 import sys
 import time
@@ -71,6 +70,7 @@ from _harness import (
     ChatWorkload,
     Figure,
     Turn,
+    exit_on_sigterm,
     report_head,
     settle,
     table,
@@ -528,7 +528,7 @@ def main() -> None:
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     # Stop the servers this script started even when it is terminated.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    exit_on_sigterm()
 
     backends = [args.only] if args.only else list(BACKENDS)
     sections: list[str] = []

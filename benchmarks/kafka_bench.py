@@ -48,7 +48,6 @@ import functools
 import itertools
 import json
 import random
-import signal
 import statistics
 import sys
 import threading
@@ -62,9 +61,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from _harness import (
     ChatWorkload,
     Figure,
@@ -72,6 +68,7 @@ from _harness import (
     chatmem_message,
     chunks,
     interleave,
+    private_server,
     report_head,
     settle,
     speed_method,
@@ -164,17 +161,8 @@ QUICK = Plan(
 @contextmanager
 def private_broker() -> Iterator[str]:
     """Start a Tansu broker on loopback as the tests do; yield its address."""
-    from tests.servers import KafkaServer, ServerUnavailable
-
-    try:
-        server = KafkaServer()
-        server.start()
-    except ServerUnavailable as exc:
-        sys.exit(f"Cannot start the Tansu broker: {exc}")
-    try:
+    with private_server("kafka") as server:
         yield server.bootstrap_servers
-    finally:
-        server.close()
 
 
 def create_topic(admin: AdminClient, name: str, partitions: int) -> None:
@@ -662,8 +650,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
-    # Stop the broker this script started even when it is terminated.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
     extra = (plan.rounds + 1) * (plan.add_calls + plan.batches * BATCH) + 8000
     workload = ChatWorkload(seed=plan.seed, count=plan.size + extra)

@@ -43,10 +43,8 @@ import os
 import pwd
 import random
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import warnings
@@ -62,6 +60,7 @@ from _harness import (
     Figure,
     Turn,
     chatmem_message,
+    exit_on_sigterm,
     interleave,
     report_head,
     settle,
@@ -474,7 +473,7 @@ def main() -> None:
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     # Stop the server this script started even when it is terminated.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    exit_on_sigterm()
 
     workload = ChatWorkload(seed=plan.seed, count=plan.size + 20_000)
     every = list(workload.turns())

@@ -31,15 +31,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import sys
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _harness import (
     ChatWorkload,
@@ -49,6 +45,7 @@ from _harness import (
     command_line,
     interleave,
     machine,
+    private_server,
     ratio,
     table,
 )
@@ -194,17 +191,6 @@ class Raw:
         self.loop.close()
 
 
-def broker(args: argparse.Namespace) -> tuple[Any, str, int]:
-    """Return (server to close or None, host, stream port)."""
-    if args.host:
-        return None, args.host, args.port
-    from tests.servers import RabbitMQServer
-
-    server = RabbitMQServer()
-    server.start()
-    return server, server.host, server.stream_port
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -217,12 +203,11 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/rabbitmq.md")
     args = parser.parse_args()
 
-    server, host, port = broker(args)
-    try:
-        report = run(args, host, port)
-    finally:
-        if server is not None:
-            server.close()
+    if args.host:
+        report = run(args, args.host, args.port)
+    else:
+        with private_server("rabbitmq") as server:
+            report = run(args, server.host, server.stream_port)
     Path(args.out).write_text(report)
     print(report)
 

@@ -24,15 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pika
 from _harness import (
@@ -42,6 +37,7 @@ from _harness import (
     command_line,
     interleave,
     machine,
+    private_server,
     ratio,
     table,
 )
@@ -320,17 +316,6 @@ class RstreamCases:
 # -- run ---------------------------------------------------------------------
 
 
-def broker(args: argparse.Namespace) -> tuple[Any, str, int, int]:
-    """Return (server to stop or None, host, stream port, AMQP port)."""
-    if args.host:
-        return None, args.host, args.stream_port, args.amqp_port
-    from tests.servers import RabbitMQServer
-
-    server = RabbitMQServer()
-    server.start()
-    return server, server.host, server.stream_port, server.amqp_port
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -342,12 +327,11 @@ def main() -> None:
     parser.add_argument("--password", default="guest")
     args = parser.parse_args()
 
-    server, host, stream_port, amqp_port = broker(args)
-    try:
-        report(args, host, stream_port, amqp_port)
-    finally:
-        if server is not None:
-            server.close()
+    if args.host:
+        report(args, args.host, args.stream_port, args.amqp_port)
+    else:
+        with private_server("rabbitmq") as server:
+            report(args, server.host, server.stream_port, server.amqp_port)
 
 
 def report(

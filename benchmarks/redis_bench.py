@@ -47,7 +47,6 @@ import itertools
 import json
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -67,6 +66,7 @@ from _harness import (
     Turn,
     chatmem_message,
     chunks,
+    exit_on_sigterm,
     interleave,
     report_head,
     settle,
@@ -410,7 +410,7 @@ def main() -> None:
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     # Stop the server this script started even when it is terminated.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    exit_on_sigterm()
 
     workload = ChatWorkload(seed=plan.seed, count=plan.size + 20_000)
     every = list(workload.turns())

@@ -60,6 +60,7 @@ from _harness import (
     command_line,
     interleave,
     machine,
+    private_server,
     ratio,
     settle,
     store_turns,
@@ -69,11 +70,6 @@ from _harness import (
 
 import chatmem
 from chatmem import BaseChatMessageMemory
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests import servers  # noqa: E402
 
 BATCH = 500
 HOT_SHARE = 0.10
@@ -105,13 +101,7 @@ def backend_url(name: str, folder: Path) -> Iterator[tuple[str, dict[str, Any]]]
     if name == "sqlite":
         yield f"sqlite:///{folder / 'chat.db'}", {}
         return
-    kinds: dict[str, type[servers.LocalServer]] = {
-        "redis": servers.RedisServer,
-        "postgres": servers.PostgresServer,
-        "kafka": servers.KafkaServer,
-        "rabbitmq": servers.RabbitMQServer,
-    }
-    with kinds[name]() as server:
+    with private_server(name) as server:
         url = server.url
         if name in ("kafka", "rabbitmq"):
             url = f"{url.rstrip('/')}/tiered-bench"
@@ -411,7 +401,7 @@ def main() -> None:
         ]
     )
     name = "tiered-quick.md" if args.quick else "tiered.md"
-    out = ROOT / "benchmarks" / "results" / name
+    out = Path(__file__).resolve().parent / "results" / name
     out.write_text(report + "\n")
     print(report)
 
