@@ -15,6 +15,8 @@ the same work in the same run. This module holds what they share:
   machine hits every case alike;
 - :class:`Figure`, the median, p99 and rate of one case, and
   :func:`ratio` to set it beside its baseline;
+- :func:`arguments`, the command-line options every script takes, and
+  :func:`publish`, which prints a report and writes it to ``results/``;
 - :func:`table` for the markdown the results files hold,
   :func:`speed_table` for the one most scripts print per operation,
   :func:`report_head` and :func:`speed_method` for the lines that open
@@ -31,6 +33,7 @@ deciding which clients it needs.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import math
@@ -54,6 +57,7 @@ __all__ = [
     "ChatWorkload",
     "Figure",
     "Turn",
+    "arguments",
     "chatmem_message",
     "chunks",
     "exit_on_sigterm",
@@ -61,6 +65,7 @@ __all__ = [
     "machine",
     "percentile",
     "private_server",
+    "publish",
     "ratio",
     "report_head",
     "settle",
@@ -386,6 +391,42 @@ def settle() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+# -- options ------------------------------------------------------------
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def arguments(
+    doc: str | None, *, quick: str | None = "a shorter run", out: bool = True
+) -> argparse.ArgumentParser:
+    """Return a script's parser, described by the first line of ``doc``.
+
+    It takes ``--quick`` (with ``quick`` as its help; ``None`` leaves it
+    out) and, if ``out``, ``--out``: where the report goes instead of
+    ``benchmarks/results/``, so that a trial run leaves the committed
+    figures alone.
+    """
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    if quick is not None:
+        parser.add_argument("--quick", action="store_true", help=quick)
+    if out:
+        parser.add_argument(
+            "--out",
+            type=Path,
+            help="where to write the report (default: benchmarks/results/)",
+        )
+    return parser
+
+
+def publish(text: str, out: Path | None, name: str) -> Path:
+    """Print a report and write it to ``out``, or ``results/name``."""
+    path = out or RESULTS / name
+    print(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
 
 
 # -- servers ------------------------------------------------------------

@@ -48,7 +48,6 @@ with ``--quick``) and to standard output.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import json
@@ -60,7 +59,6 @@ from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -70,7 +68,9 @@ from _harness import (
     ChatWorkload,
     Figure,
     Turn,
+    arguments,
     exit_on_sigterm,
+    publish,
     report_head,
     settle,
     table,
@@ -92,7 +92,6 @@ from psycopg_pool import AsyncConnectionPool  # noqa: E402
 from redis_bench import local_server as local_redis  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICRO = timedelta(microseconds=1)
 ROLE_CODES = {"system": 0, "user": 1, "assistant": 2, "tool": 3}
@@ -520,11 +519,10 @@ def section(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = arguments(__doc__)
     parser.add_argument("--redis", help="Redis URL (its database is flushed)")
     parser.add_argument("--postgres", help="PostgreSQL URL")
     parser.add_argument("--only", choices=sorted(BACKENDS))
-    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     # Stop the servers this script started even when it is terminated.
@@ -559,10 +557,7 @@ def main() -> None:
         *sections,
     ]
     report = "\n".join(out)
-    print(report)
-    name = "async-quick.md" if args.quick else "async.md"
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / name).write_text(report)
+    publish(report, args.out, "async-quick.md" if args.quick else "async.md")
 
 
 if __name__ == "__main__":

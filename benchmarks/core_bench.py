@@ -56,9 +56,11 @@ from _harness import (
     ChatWorkload,
     Figure,
     Turn,
+    arguments,
     command_line,
     interleave,
     machine,
+    publish,
     settle,
     store_turns,
     table,
@@ -82,7 +84,6 @@ from langchain_core.messages import (  # noqa: E402
 )
 from sqlalchemy import create_engine, event  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
 MIB = 1 << 20
 BATCH = 1000
 PREFILL_BATCH = 10_000
@@ -1130,18 +1131,14 @@ def profile(name: str, folder: Path) -> None:
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="20k and 200k messages, fewer rounds (about 2 minutes)",
+    parser = arguments(
+        __doc__, quick="20k and 200k messages, fewer rounds (about 2 minutes)"
     )
     parser.add_argument(
         "--sizes",
         type=lambda text: tuple(int(x) for x in text.split(",")),
         help="comma-separated store sizes, e.g. 20000,1000000",
     )
-    parser.add_argument("--out", type=Path, help="where to write the report")
     parser.add_argument(
         "--folder",
         type=Path,
@@ -1170,10 +1167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("[density] filling 10 MiB stores", file=sys.stderr)
     found = density(plan)
     text = report(plan, results, found, started)
-    out = args.out or HERE / "results" / ("core-quick.md" if args.quick else "core.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
+    publish(text, args.out, "core-quick.md" if args.quick else "core.md")
 
 
 if __name__ == "__main__":

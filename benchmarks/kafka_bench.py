@@ -43,7 +43,6 @@ with ``--quick``) and to standard output.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import json
@@ -58,17 +57,18 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from _harness import (
     ChatWorkload,
     Figure,
     Turn,
+    arguments,
     chatmem_message,
     chunks,
     interleave,
     private_server,
+    publish,
     report_head,
     settle,
     speed_method,
@@ -99,7 +99,6 @@ from langchain_core.messages import (  # noqa: E402
     BaseMessage,
 )
 
-HERE = Path(__file__).resolve().parent
 BATCH = 100
 PARTITIONS = 6
 
@@ -645,9 +644,8 @@ def _compare(got: list[str], truth: list[str]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = arguments(__doc__)
     parser.add_argument("--bootstrap", help="host:port of a broker to use")
-    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
 
@@ -818,10 +816,7 @@ def main() -> None:
             "",
         ]
     report = "\n".join(out)
-    print(report)
-    name = "kafka-quick.md" if args.quick else "kafka.md"
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / name).write_text(report)
+    publish(report, args.out, "kafka-quick.md" if args.quick else "kafka.md")
 
 
 if __name__ == "__main__":

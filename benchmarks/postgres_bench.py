@@ -36,7 +36,6 @@ with ``--quick``) and to standard output.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -59,9 +58,11 @@ from _harness import (
     ChatWorkload,
     Figure,
     Turn,
+    arguments,
     chatmem_message,
     exit_on_sigterm,
     interleave,
+    publish,
     report_head,
     settle,
     speed_method,
@@ -87,7 +88,6 @@ from langchain_postgres import PostgresChatMessageHistory  # noqa: E402
 from sqlalchemy import create_engine  # noqa: E402
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
 BATCH = 100
 ROLE_CODES = {"system": 0, "user": 1, "assistant": 2, "tool": 3}
 OVERHEAD = 192  # PostgresMemory.message_overhead, kept in the size column
@@ -467,9 +467,8 @@ def read_cases(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = arguments(__doc__)
     parser.add_argument("--url", help="PostgreSQL URL; default: start one")
-    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     # Stop the server this script started even when it is terminated.
@@ -546,10 +545,7 @@ def main() -> None:
         "",
     ]
     report = "\n".join(out)
-    print(report)
-    name = "postgres-quick.md" if args.quick else "postgres.md"
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / name).write_text(report)
+    publish(report, args.out, "postgres-quick.md" if args.quick else "postgres.md")
 
 
 if __name__ == "__main__":

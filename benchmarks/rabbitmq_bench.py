@@ -34,18 +34,19 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from _harness import (
     ChatWorkload,
     Figure,
+    arguments,
     chatmem_message,
     chunks,
     command_line,
     interleave,
     machine,
     private_server,
+    publish,
     ratio,
     table,
 )
@@ -192,7 +193,7 @@ class Raw:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__, quick=None)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--stored", type=int, default=20_000)
@@ -200,7 +201,6 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=5552)
     parser.add_argument("--user", default="guest")
     parser.add_argument("--password", default="guest")
-    parser.add_argument("--out", default="benchmarks/results/rabbitmq.md")
     args = parser.parse_args()
 
     if args.host:
@@ -208,8 +208,7 @@ def main() -> None:
     else:
         with private_server("rabbitmq") as server:
             report = run(args, server.host, server.stream_port)
-    Path(args.out).write_text(report)
-    print(report)
+    publish(report, args.out, "rabbitmq.md")
 
 
 def run(args: argparse.Namespace, host: str, port: int) -> str:

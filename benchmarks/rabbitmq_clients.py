@@ -33,6 +33,7 @@ import pika
 from _harness import (
     ChatWorkload,
     Figure,
+    arguments,
     chunks,
     command_line,
     interleave,
@@ -317,7 +318,7 @@ class RstreamCases:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__, quick=None, out=False)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--host", help="use this broker instead of a private one")

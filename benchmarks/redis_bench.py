@@ -41,7 +41,6 @@ with ``--quick``) and to standard output.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import json
@@ -56,7 +55,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -64,10 +62,12 @@ import redis.asyncio
 from _harness import (
     ChatWorkload,
     Turn,
+    arguments,
     chatmem_message,
     chunks,
     exit_on_sigterm,
     interleave,
+    publish,
     report_head,
     settle,
     speed_method,
@@ -90,7 +90,6 @@ from langchain_core.messages import (  # noqa: E402
     message_to_dict,
 )
 
-HERE = Path(__file__).resolve().parent
 BATCH = 100
 ROLE_CODES = {"system": 0, "user": 1, "assistant": 2, "tool": 3}
 
@@ -404,9 +403,8 @@ def check(systems: Systems, targets: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = arguments(__doc__)
     parser.add_argument("--url", help="Redis URL (its database is flushed)")
-    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     # Stop the server this script started even when it is terminated.
@@ -482,10 +480,7 @@ def main() -> None:
         "",
     ]
     report = "\n".join(out)
-    print(report)
-    name = "redis-quick.md" if args.quick else "redis.md"
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / name).write_text(report)
+    publish(report, args.out, "redis-quick.md" if args.quick else "redis.md")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ with ``--quick``) and to standard output.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import random
 import sqlite3
@@ -57,10 +56,12 @@ from typing import Any
 from _harness import (
     ChatWorkload,
     Figure,
+    arguments,
     command_line,
     interleave,
     machine,
     private_server,
+    publish,
     ratio,
     settle,
     store_turns,
@@ -365,8 +366,7 @@ def _table(figures: dict[str, Figure], hit_share: dict[str, float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a shorter run")
+    parser = arguments(__doc__)
     parser.add_argument(
         "--backends",
         default="sqlite,redis,postgres,kafka,rabbitmq",
@@ -400,10 +400,7 @@ def main() -> None:
             *sections,
         ]
     )
-    name = "tiered-quick.md" if args.quick else "tiered.md"
-    out = Path(__file__).resolve().parent / "results" / name
-    out.write_text(report + "\n")
-    print(report)
+    publish(report + "\n", args.out, "tiered-quick.md" if args.quick else "tiered.md")
 
 
 if __name__ == "__main__":
