@@ -21,7 +21,13 @@ from pathlib import Path
 import pytest
 
 import chatmem
-from chatmem import BaseChatMessageMemory, InvalidMessage, Message, TieredMemory
+from chatmem import (
+    BackendUnavailable,
+    BaseChatMessageMemory,
+    InvalidMessage,
+    Message,
+    TieredMemory,
+)
 from chatmem.backends.log import LogMemory, Outgoing
 from chatmem.message import Prepared
 from chatmem.registry import BUILTIN, backend_class
@@ -320,6 +326,44 @@ def test_own_batch_the_tail_read_first_shows_at_once(
         _tail_to(backend, driver.end_offsets())
         assert store.history("s1") == [system, *stored]
         assert store.history("s1") == backend.history("s1")
+    finally:
+        kafka.close_all()
+
+
+def test_a_failed_write_the_log_took_shows_once_applied(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A write whose acknowledgement was lost is not in the index when it
+    # fails, but the log has it and the tail applies it later: the tier
+    # must not keep serving the session without it.
+    kafka = TARGETS["kafka"](request, tmp_path)
+    try:
+        store = _open_tier(kafka)
+        backend = store.backend
+        assert isinstance(backend, LogMemory)
+        _hold_tail(backend)
+        first = store.add("s1", "user", "one")
+
+        driver = backend._driver
+        publish = driver.publish
+
+        def publish_then_fail(records: Sequence[Outgoing]) -> list[int | None]:
+            publish(records)
+            raise BackendUnavailable("the acknowledgement was lost")
+
+        monkeypatch.setattr(driver, "publish", publish_then_fail)
+        with pytest.raises(BackendUnavailable):
+            store.add("s1", "user", "two")
+        monkeypatch.undo()
+        assert store.history("s1", last=20) == [first]
+        assert store.history("s1", last=20) == [first]
+        assert _tier(store).hits == 1
+
+        _tail_to(backend, driver.end_offsets())
+        assert _contents(store.history("s1", last=20)) == ["one", "two"]
+        assert store.history("s1", last=20) == backend.history("s1", last=20)
     finally:
         kafka.close_all()
 

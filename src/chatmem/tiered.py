@@ -226,6 +226,10 @@ class TieredMemory(BaseChatMessageMemory):
         # also when they reach the index through the tail (RabbitMQ).
         writer = getattr(backend, "_writer", None)
         self._own = f"{writer}-" if isinstance(writer, str) and writer else None
+        # Sessions of own writes that failed: their records may still
+        # reach the index later, through the tail, and then the tier must
+        # hear of them as of another store's.
+        self._unsettled: OrderedDict[str, None] = OrderedDict()
         if listeners is not None:
             listeners.append(self._applied)
 
@@ -296,6 +300,10 @@ class TieredMemory(BaseChatMessageMemory):
                 for session in sessions:
                     self._drop(session)
                     self._bump(session)
+                    self._unsettled[session] = None
+                    self._unsettled.move_to_end(session)
+                while len(self._unsettled) > PENDING_BATCHES:
+                    self._unsettled.popitem(last=False)
             raise
 
         # Acknowledged: now the tier may learn of it. A session another
@@ -624,9 +632,13 @@ class TieredMemory(BaseChatMessageMemory):
                     fields, batch = entry[1], entry[3]
                     if ahead or fields[1] != ns or fields[0] in self._where:
                         continue
-                    if self._own is not None and fields[0].startswith(self._own):
-                        continue
                     session = fields[2]
+                    if (
+                        self._own is not None
+                        and fields[0].startswith(self._own)
+                        and session not in self._unsettled
+                    ):
+                        continue
                     if batch is not None:
                         self._await_commit(batch, session)
                     self._drop(session)
