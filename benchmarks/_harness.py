@@ -9,6 +9,9 @@ the same work in the same run. This module holds what they share:
 - :func:`chatmem_message` and :func:`turn_adder`, a turn as chatmem
   receives it, and :func:`store_turns`, the batched pre-fill;
   :func:`chunks` cuts any list into batches;
+- :func:`picks`, :func:`rotation`, :func:`random_slices` and
+  :func:`one_session`, the seeded targets and write batches of each
+  round, the same for every case of that round;
 - :func:`timed`, per-call timing with ``perf_counter_ns``;
 - :func:`interleave`, which runs the cases round-robin, drops warm-up
   rounds and keeps every timed call, so a burst of load on a shared
@@ -63,11 +66,16 @@ __all__ = [
     "exit_on_sigterm",
     "interleave",
     "machine",
+    "one_session",
     "percentile",
+    "picks",
     "private_server",
     "publish",
+    "random_slices",
     "ratio",
     "report_head",
+    "rotation",
+    "sampled_sessions",
     "settle",
     "speed_method",
     "speed_table",
@@ -227,6 +235,63 @@ def _text(rng: random.Random, corpus: str, median: int, sigma: float) -> str:
     length = min(6000, max(2, int(rng.lognormvariate(math.log(median), sigma))))
     begin = rng.randrange(len(corpus) - length)
     return corpus[begin : begin + length]
+
+
+def sampled_sessions(workload: ChatWorkload, stored: Iterable[Turn]) -> list[str]:
+    """Return the sessions of ``workload.samples`` found in ``stored``.
+
+    Reads then go to sessions a store holds, picked along the stream.
+    """
+    known = {t.session_id for t in stored}
+    return [t.session_id for t in workload.samples if t.session_id in known]
+
+
+# -- what each round reads and writes -------------------------------------
+
+
+def picks(seed: int, population: Sequence[T], count: int) -> list[T]:
+    """Return ``count`` seeded choices from ``population``, with repeats.
+
+    A case seeds with its round number, so every case of a round gets the
+    same picks. ``picks(seed, range(1, n + 1), k)`` draws what ``k`` calls
+    of ``randint(1, n)`` would.
+    """
+    rng = random.Random(seed)
+    return [rng.choice(population) for _ in range(count)]
+
+
+def rotation(items: list[T], size: int, rounds: int) -> Callable[[int], list[T]]:
+    """Return round number -> that round's ``size`` items.
+
+    Every system writes the same items in a round and new ones the next;
+    after ``rounds`` rounds the shares repeat.
+    """
+
+    def share(number: int) -> list[T]:
+        start = (number % rounds) * size
+        return items[start : start + size]
+
+    return share
+
+
+def random_slices(seed: int, items: list[T], count: int, size: int) -> list[list[T]]:
+    """Return ``count`` seeded runs of ``size`` neighbouring items."""
+    rng = random.Random(seed)
+    found = []
+    for _ in range(count):
+        start = rng.randrange(len(items) - size)
+        found.append(items[start : start + size])
+    return found
+
+
+def one_session(turns: list[Turn], session: str | None = None) -> list[Turn]:
+    """Return ``turns`` relabelled to one session (the first turn's).
+
+    The peers' ``add_messages`` take one session per call, so every
+    system's batch is one session's turns.
+    """
+    label = turns[0].session_id if session is None else session
+    return [t._replace(session_id=label) for t in turns]
 
 
 # -- turns as chatmem takes them -----------------------------------------

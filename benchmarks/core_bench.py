@@ -60,6 +60,8 @@ from _harness import (
     command_line,
     interleave,
     machine,
+    one_session,
+    picks,
     publish,
     settle,
     store_turns,
@@ -312,18 +314,16 @@ def read_cases(
     slow = max(2, calls // (10 if size <= 50_000 else 150))
 
     def sessions(number: int, count: int) -> list[str]:
-        rng = random.Random(plan.seed * 1000 + number)
-        return [rng.choice(workload.samples).session_id for _ in range(count)]
+        found = picks(plan.seed * 1000 + number, workload.samples, count)
+        return [t.session_id for t in found]
 
     def ids(number: int) -> list[str]:
-        rng = random.Random(plan.seed * 2000 + number)
-        return [str(rng.randint(1, size)) for _ in range(calls)]
+        found = picks(plan.seed * 2000 + number, range(1, size + 1), calls)
+        return [str(i) for i in found]
 
     def windows(number: int) -> list[tuple[str, datetime, datetime]]:
-        rng = random.Random(plan.seed * 3000 + number)
         found = []
-        for _ in range(calls):
-            turn = rng.choice(workload.samples)
+        for turn in picks(plan.seed * 3000 + number, workload.samples, calls):
             middle = EPOCH + turn.created_us * MICRO
             window = timedelta(hours=6)
             found.append((turn.user_id, middle - window, middle + window))
@@ -417,7 +417,7 @@ class WriteStream:
     def batch(self, count: int, session: str) -> list[Turn]:
         # A batch is one session's messages (a conversation imported at
         # once), since LangChain's add_messages takes one session.
-        return [t._replace(session_id=session) for t in self.take(count)]
+        return one_session(self.take(count), session)
 
 
 def write_cases(

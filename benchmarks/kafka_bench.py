@@ -46,7 +46,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import random
 import statistics
 import sys
 import threading
@@ -67,9 +66,14 @@ from _harness import (
     chatmem_message,
     chunks,
     interleave,
+    one_session,
+    picks,
     private_server,
     publish,
+    random_slices,
     report_head,
+    rotation,
+    sampled_sessions,
     settle,
     speed_method,
     speed_table,
@@ -354,24 +358,12 @@ def write_cases(systems: Systems, fresh: list[Turn], plan: Plan) -> tuple[Cases,
     """Return the one-by-one and the batched write cases."""
     per_round = plan.add_calls
     rounds = plan.rounds + 1
-    rng = random.Random(plan.seed * 7)
     tail = fresh[per_round * rounds :]
-    batch_list: list[list[Turn]] = []
-    for _ in range(plan.batches * rounds):
-        start = rng.randrange(len(tail) - BATCH)
-        chosen = tail[start : start + BATCH]
-        # LangChain takes one session per call; so does every system.
-        session = chosen[0].session_id
-        batch_list.append([t._replace(session_id=session) for t in chosen])
-
-    def adds(number: int) -> list[Turn]:
-        # Every system writes the same turns in a round.
-        start = (number % rounds) * per_round
-        return fresh[start : start + per_round]
-
-    def batches(number: int) -> list[list[Turn]]:
-        start = (number % rounds) * plan.batches
-        return batch_list[start : start + plan.batches]
+    drawn = random_slices(plan.seed * 7, tail, plan.batches * rounds, BATCH)
+    # LangChain takes one session per call; so does every system.
+    batch_list = [one_session(batch) for batch in drawn]
+    adds = rotation(fresh, per_round, rounds)
+    batches = rotation(batch_list, plan.batches, rounds)
 
     # LangChain's topics are made before timing: one per session.
     for turn in fresh[: per_round * rounds]:
@@ -412,8 +404,7 @@ def read_cases(systems: Systems, targets: list[str], plan: Plan) -> Cases:
     store, raw = systems.store, systems.raw
 
     def sessions(number: int, calls: int) -> list[str]:
-        rng = random.Random(plan.seed * 1000 + number)
-        return [rng.choice(targets) for _ in range(calls)]
+        return picks(plan.seed * 1000 + number, targets, calls)
 
     return {
         CHATMEM: lambda n: timed(
@@ -519,8 +510,7 @@ def split(systems: Systems, turns: list[Turn]) -> Split:
         raw_adds.append(raw_call(functools.partial(raw.add, turn)))
     batched, batch_inner, raw_batches = [], [], []
     for start in range(0, len(batches), BATCH):
-        session = batches[start].session_id
-        chunk = [t._replace(session_id=session) for t in batches[start : start + BATCH]]
+        chunk = one_session(batches[start : start + BATCH])
         messages = [chatmem_message(t) for t in chunk]
         total, inner = chatmem_call(functools.partial(store.add_messages, messages))
         batched.append(total)
@@ -654,8 +644,7 @@ def main() -> None:
     every = list(workload.turns())
     prefill, fresh = every[: plan.size], every[plan.size :]
     spare = fresh[-3000:]
-    known = {t.session_id for t in prefill}
-    targets = [t.session_id for t in workload.samples if t.session_id in known]
+    targets = sampled_sessions(workload, prefill)
     by_session: dict[str, list[Turn]] = {}
     for t in prefill:
         by_session.setdefault(t.session_id, []).append(t)

@@ -40,7 +40,6 @@ import asyncio
 import json
 import os
 import pwd
-import random
 import shutil
 import socket
 import subprocess
@@ -62,8 +61,12 @@ from _harness import (
     chatmem_message,
     exit_on_sigterm,
     interleave,
+    one_session,
+    picks,
     publish,
+    random_slices,
     report_head,
+    rotation,
     settle,
     speed_method,
     speed_table,
@@ -306,21 +309,10 @@ def write_cases(
     dict[str, Callable[[int], list[int]]], dict[str, Callable[[int], list[int]]]
 ]:
     """Return the one-by-one and the batched write cases."""
-    per_round = plan.add_calls
-    rounds = plan.rounds + 1
-
-    def adds(number: int) -> list[Turn]:
-        # Every system writes the same turns in a round.
-        start = (number % rounds) * per_round
-        return fresh[start : start + per_round]
+    adds = rotation(fresh, plan.add_calls, plan.rounds + 1)
 
     def batches(number: int) -> list[list[Turn]]:
-        rng = random.Random(plan.seed * 7 + number)
-        found = []
-        for _ in range(plan.batches):
-            start = rng.randrange(len(fresh) - BATCH)
-            found.append(fresh[start : start + BATCH])
-        return found
+        return random_slices(plan.seed * 7 + number, fresh, plan.batches, BATCH)
 
     store, raw, loop = systems.store, systems.raw, systems.loop
 
@@ -353,11 +345,7 @@ def write_cases(
 
     # A batch is one session's worth of turns in the peers' APIs, which
     # take one session per call; chatmem and raw take mixed batches, so
-    # each batch is relabelled to one session for everyone.
-    def one_session(batch: list[Turn]) -> list[Turn]:
-        session = batch[0].session_id
-        return [t._replace(session_id=session) for t in batch]
-
+    # each batch is relabelled to one session for everyone, in the call.
     def chatmem_batch(batch: list[Turn]) -> None:
         store.add_messages([chatmem_message(t) for t in one_session(batch)])
 
@@ -415,12 +403,12 @@ def read_cases(
     store, raw, loop = systems.store, systems.raw, systems.loop
 
     def sessions(number: int) -> list[str]:
-        rng = random.Random(plan.seed * 1000 + number)
-        return [rng.choice(workload.samples).session_id for _ in range(calls)]
+        found = picks(plan.seed * 1000 + number, workload.samples, calls)
+        return [t.session_id for t in found]
 
     def ids(number: int) -> list[str]:
-        rng = random.Random(plan.seed * 2000 + number)
-        return [str(rng.randint(1, plan.size)) for _ in range(calls)]
+        found = picks(plan.seed * 2000 + number, range(1, plan.size + 1), calls)
+        return [str(i) for i in found]
 
     def raw_history(session: str) -> None:
         raw.execute(RAW_HISTORY, ("", session)).fetchall().reverse()

@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import random
 import shutil
 import socket
 import subprocess
@@ -67,8 +66,13 @@ from _harness import (
     chunks,
     exit_on_sigterm,
     interleave,
+    one_session,
+    picks,
     publish,
+    random_slices,
     report_head,
+    rotation,
+    sampled_sessions,
     settle,
     speed_method,
     speed_table,
@@ -279,24 +283,11 @@ def write_cases(
     dict[str, Callable[[int], list[int]]], dict[str, Callable[[int], list[int]]]
 ]:
     """Return the one-by-one and the batched write cases."""
-    per_round = plan.add_calls
-    rounds = plan.rounds + 1
-
-    def adds(number: int) -> list[Turn]:
-        # Every system writes the same turns in a round.
-        start = (number % rounds) * per_round
-        return fresh[start : start + per_round]
+    adds = rotation(fresh, plan.add_calls, plan.rounds + 1)
 
     def batches(number: int) -> list[list[Turn]]:
-        rng = random.Random(plan.seed * 7 + number)
-        found = []
-        for _ in range(plan.batches):
-            start = rng.randrange(len(fresh) - BATCH)
-            batch = fresh[start : start + BATCH]
-            # The peers take one session per call; so does every system.
-            session = batch[0].session_id
-            found.append([t._replace(session_id=session) for t in batch])
-        return found
+        found = random_slices(plan.seed * 7 + number, fresh, plan.batches, BATCH)
+        return [one_session(batch) for batch in found]
 
     store, raw, client, loop = systems.store, systems.raw, systems.client, systems.loop
 
@@ -357,12 +348,11 @@ def read_cases(
     store, raw, loop = systems.store, systems.raw, systems.loop
 
     def sessions(number: int) -> list[str]:
-        rng = random.Random(plan.seed * 1000 + number)
-        return [rng.choice(targets) for _ in range(calls)]
+        return picks(plan.seed * 1000 + number, targets, calls)
 
     def ids(number: int) -> list[str]:
-        rng = random.Random(plan.seed * 2000 + number)
-        return [str(rng.randint(1, plan.size)) for _ in range(calls)]
+        found = picks(plan.seed * 2000 + number, range(1, plan.size + 1), calls)
+        return [str(i) for i in found]
 
     def lc_history(session: str) -> None:
         systems.lc.session_id = session
@@ -414,8 +404,7 @@ def main() -> None:
     every = list(workload.turns())
     prefill, fresh = every[: plan.size], every[plan.size :]
     # Reads go to sessions of the pre-fill, picked along the stream.
-    known = {t.session_id for t in prefill}
-    targets = [t.session_id for t in workload.samples if t.session_id in known]
+    targets = sampled_sessions(workload, prefill)
 
     with nullcontext(args.url) if args.url else local_server() as url:
         systems = Systems(url, prefill)
