@@ -68,6 +68,59 @@ def messages(seed: int, count: int) -> list[Message]:
     return [chatmem_message(turn) for turn in workload.turns()]
 
 
+async def send_confirmed(producer: Producer, stream: str, batch: list[bytes]) -> None:
+    """Publish ``batch`` with ``send_batch``; return once all are confirmed."""
+    done = asyncio.Event()
+    left = [len(batch)]
+
+    def confirmed(status: Any) -> None:
+        if not status.is_confirmed:
+            raise RuntimeError("the broker refused a message")
+        left[0] -= 1
+        if left[0] == 0:
+            done.set()
+
+    await producer.send_batch(
+        stream, batch, publisher_name="bench-batches", on_publish_confirm=confirmed
+    )
+    await done.wait()
+
+
+async def read_from_first(
+    consumer: Consumer,
+    stream: str,
+    count: int,
+    keep: Callable[[bytes], None] | None = None,
+) -> int:
+    """Read ``count`` records of ``stream`` from its first; return ns taken.
+
+    The time includes the consumer's connection; ``keep`` sees each body.
+    The consumer is closed afterwards, outside the time.
+    """
+    done = asyncio.Event()
+    seen = [0]
+
+    def on_message(body: bytes, context: Any) -> None:
+        if keep is not None:
+            keep(body)
+        seen[0] += 1
+        if seen[0] >= count:
+            done.set()
+
+    begin = time.perf_counter_ns()
+    await consumer.start()
+    await consumer.subscribe(
+        stream,
+        on_message,
+        offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST),
+        initial_credit=10,
+    )
+    await done.wait()
+    elapsed = time.perf_counter_ns() - begin
+    await consumer.close()
+    return elapsed
+
+
 class Raw:
     """The raw rstream client on its own streams, from a private loop."""
 
@@ -128,26 +181,8 @@ class Raw:
     async def _batches(self, batches: list[list[bytes]], read_back: bool) -> list[int]:
         times = []
         for batch in batches:
-            done = asyncio.Event()
-            left = [len(batch)]
-
-            def confirmed(
-                status: Any, left: list[int] = left, done: asyncio.Event = done
-            ) -> None:
-                if not status.is_confirmed:
-                    raise RuntimeError("the broker refused a message")
-                left[0] -= 1
-                if left[0] == 0:
-                    done.set()
-
             begin = time.perf_counter_ns()
-            await self.producer.send_batch(
-                self.stream,
-                batch,
-                publisher_name="bench-batches",
-                on_publish_confirm=confirmed,
-            )
-            await done.wait()
+            await send_confirmed(self.producer, self.stream, batch)
             self.wanted += len(batch)
             if read_back:
                 await self._wait_received(self.wanted)
@@ -163,27 +198,7 @@ class Raw:
         self, stream: str, count: int, keep: Callable[[bytes], None]
     ) -> int:
         consumer = Consumer(self.host, self.port, **self.credentials)
-        done = asyncio.Event()
-        seen = [0]
-
-        def on_message(body: bytes, context: Any) -> None:
-            keep(body)
-            seen[0] += 1
-            if seen[0] >= count:
-                done.set()
-
-        begin = time.perf_counter_ns()
-        await consumer.start()
-        await consumer.subscribe(
-            stream,
-            on_message,
-            offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST),
-            initial_credit=10,
-        )
-        await done.wait()
-        elapsed = time.perf_counter_ns() - begin
-        await consumer.close()
-        return elapsed
+        return await read_from_first(consumer, stream, count, keep)
 
     def close(self) -> None:
         self.run(self.consumer.close())

@@ -43,12 +43,11 @@ from _harness import (
     table,
 )
 from pika.adapters.select_connection import SelectConnection
+from rabbitmq_bench import read_from_first, send_confirmed
 from rstream import (
     Consumer as StreamConsumer,
 )
 from rstream import (
-    ConsumerOffsetSpecification,
-    OffsetType,
     Producer,
 )
 
@@ -259,26 +258,8 @@ class RstreamCases:
     async def _batched(self, items: list[bytes], stream: str) -> list[int]:
         times = []
         for batch in chunks(items, BATCH):
-            done = asyncio.Event()
-            left = [len(batch)]
-
-            def confirmed(
-                status: Any, left: list[int] = left, done: asyncio.Event = done
-            ) -> None:
-                if not status.is_confirmed:
-                    raise RuntimeError("the broker refused a message")
-                left[0] -= 1
-                if left[0] == 0:
-                    done.set()
-
             begin = time.perf_counter_ns()
-            await self.producer.send_batch(
-                stream,
-                batch,
-                publisher_name="bench-batches",
-                on_publish_confirm=confirmed,
-            )
-            await done.wait()
+            await send_confirmed(self.producer, stream, batch)
             times.append(time.perf_counter_ns() - begin)
         return times
 
@@ -287,25 +268,7 @@ class RstreamCases:
 
     async def _read_all(self) -> list[int]:
         consumer = StreamConsumer(self.host, self.port, **self.args)
-        done = asyncio.Event()
-        seen = [0]
-
-        def on_message(body: bytes, context: Any) -> None:
-            seen[0] += 1
-            if seen[0] == READ_COUNT:
-                done.set()
-
-        begin = time.perf_counter_ns()
-        await consumer.subscribe(
-            self.read_stream,
-            on_message,
-            offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST),
-            initial_credit=10,
-        )
-        await done.wait()
-        elapsed = time.perf_counter_ns() - begin
-        await consumer.close()
-        return [elapsed]
+        return [await read_from_first(consumer, self.read_stream, READ_COUNT)]
 
     def close(self) -> None:
         for name in (self.stream, self.read_stream):
