@@ -90,11 +90,11 @@ from postgres_bench import (  # noqa: E402
 from postgres_bench import local_server as local_postgres  # noqa: E402
 from psycopg_pool import AsyncConnectionPool  # noqa: E402
 from redis_bench import local_server as local_redis  # noqa: E402
+from redis_bench import queue_writes  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine  # noqa: E402
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICRO = timedelta(microseconds=1)
-ROLE_CODES = {"system": 0, "user": 1, "assistant": 2, "tool": 3}
 PREFILL = 40
 
 # postgres_bench's statements, on this script's own schema.
@@ -170,25 +170,8 @@ class RawRedis(System):
         self.ids = itertools.count(1)
 
     async def add(self, turn: Turn) -> None:
-        message_id = next(self.ids)
-        fields: list[Any] = [
-            message_id,
-            turn.session_id,
-            ROLE_CODES[turn.role],
-            turn.created_us,
-            turn.content,
-            turn.user_id,
-        ]
-        if turn.metadata:
-            fields.append(turn.metadata)
-        body = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
         pipe = self.client.pipeline(transaction=True)
-        pipe.zadd(f"raw:h:{turn.session_id}", {body: message_id})
-        pipe.hset("raw:m", str(message_id), body)
-        pipe.zadd("raw:t", {str(message_id): turn.created_us})
-        pipe.zadd(f"raw:u:{turn.user_id}", {str(message_id): turn.created_us})
-        pipe.zadd("raw:l", {turn.session_id: message_id})
-        pipe.hincrby("raw:stats", "bytes", len(body))
+        queue_writes(pipe, next(self.ids), turn)
         await pipe.execute()
 
     async def history(self, session: str) -> list[Any]:
@@ -207,29 +190,43 @@ def agents_item(turn: Turn) -> dict[str, Any]:
             "content": turn.content}  # fmt: skip
 
 
-class AgentsRedis(System):
+class AgentsSystem(System):
+    """An Agents SDK session object per chat session, made on first use."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, Any] = {}
+
+    def make(self, session_id: str) -> Any:
+        """Return a new session object for ``session_id``."""
+        raise NotImplementedError
+
+    def session(self, session_id: str) -> Any:
+        found = self.sessions.get(session_id)
+        if found is None:
+            found = self.sessions[session_id] = self.make(session_id)
+        return found
+
+    async def add(self, turn: Turn) -> None:
+        await self.session(turn.session_id).add_items([agents_item(turn)])
+
+    async def history(self, session: str) -> list[Any]:
+        found: list[Any] = await self.session(session).get_items(limit=20)
+        return found
+
+
+class AgentsRedis(AgentsSystem):
     """The Agents SDK's RedisSession, one per session, on one client."""
 
     name = "Agents SDK RedisSession"
 
     def __init__(self, url: str) -> None:
+        super().__init__()
         self.client = redis.asyncio.Redis.from_url(url)
-        self.sessions: dict[str, RedisSession] = {}
 
-    def session(self, session_id: str) -> RedisSession:
-        found = self.sessions.get(session_id)
-        if found is None:
-            found = RedisSession(
-                session_id, redis_client=self.client, key_prefix="agents:session"
-            )
-            self.sessions[session_id] = found
-        return found
-
-    async def add(self, turn: Turn) -> None:
-        await self.session(turn.session_id).add_items([agents_item(turn)])  # type: ignore[list-item]
-
-    async def history(self, session: str) -> list[Any]:
-        return await self.session(session).get_items(limit=20)
+    def make(self, session_id: str) -> RedisSession:
+        return RedisSession(
+            session_id, redis_client=self.client, key_prefix="agents:session"
+        )
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -270,34 +267,25 @@ class RawPostgres(System):
         await self.pool.close()
 
 
-class AgentsPostgres(System):
+class AgentsPostgres(AgentsSystem):
     """The Agents SDK's SQLAlchemySession over asyncpg, one per session."""
 
     name = "Agents SDK SQLAlchemySession"
 
     def __init__(self, url: str) -> None:
+        super().__init__()
         self.engine: AsyncEngine = create_async_engine(
             url.replace("postgresql://", "postgresql+asyncpg://", 1),
             connect_args={"server_settings": {"search_path": "abench_agents"}},
         )
-        self.sessions: dict[str, SQLAlchemySession] = {}
         self.created = False
 
-    def session(self, session_id: str) -> SQLAlchemySession:
-        found = self.sessions.get(session_id)
-        if found is None:
-            found = SQLAlchemySession(
-                session_id, engine=self.engine, create_tables=not self.created
-            )
-            self.created = True
-            self.sessions[session_id] = found
+    def make(self, session_id: str) -> SQLAlchemySession:
+        found = SQLAlchemySession(
+            session_id, engine=self.engine, create_tables=not self.created
+        )
+        self.created = True
         return found
-
-    async def add(self, turn: Turn) -> None:
-        await self.session(turn.session_id).add_items([agents_item(turn)])  # type: ignore[list-item]
-
-    async def history(self, session: str) -> list[Any]:
-        return await self.session(session).get_items(limit=20)
 
     async def close(self) -> None:
         await self.engine.dispose()

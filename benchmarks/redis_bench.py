@@ -165,6 +165,31 @@ def local_server() -> Iterator[str]:
 # -- the systems ----------------------------------------------------------
 
 
+def queue_writes(pipe: Any, message_id: int, turn: Turn) -> None:
+    """Queue what chatmem writes for one message on a redis-py pipeline.
+
+    The pipeline may be redis-py's or redis.asyncio's: both queue
+    commands without waiting.
+    """
+    fields: list[Any] = [
+        message_id,
+        turn.session_id,
+        ROLE_CODES[turn.role],
+        turn.created_us,
+        turn.content,
+        turn.user_id,
+    ]
+    if turn.metadata:
+        fields.append(turn.metadata)
+    body = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    pipe.zadd(f"raw:h:{turn.session_id}", {body: message_id})
+    pipe.hset("raw:m", message_id, body)
+    pipe.zadd("raw:t", {message_id: turn.created_us})
+    pipe.zadd(f"raw:u:{turn.user_id}", {message_id: turn.created_us})
+    pipe.zadd("raw:l", {turn.session_id: message_id})
+    pipe.hincrby("raw:stats", "bytes", len(body))
+
+
 class RawLayout:
     """What a developer writes with redis-py alone for chatmem's API."""
 
@@ -172,36 +197,15 @@ class RawLayout:
         self.client = client
         self.ids = itertools.count(first_id)
 
-    def queue(self, pipe: Any, turn: Turn) -> None:
-        """Queue one message's writes on a pipeline."""
-        message_id = next(self.ids)
-        fields: list[Any] = [
-            message_id,
-            turn.session_id,
-            ROLE_CODES[turn.role],
-            turn.created_us,
-            turn.content,
-            turn.user_id,
-        ]
-        if turn.metadata:
-            fields.append(turn.metadata)
-        body = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
-        pipe.zadd(f"raw:h:{turn.session_id}", {body: message_id})
-        pipe.hset("raw:m", message_id, body)
-        pipe.zadd("raw:t", {message_id: turn.created_us})
-        pipe.zadd(f"raw:u:{turn.user_id}", {message_id: turn.created_us})
-        pipe.zadd("raw:l", {turn.session_id: message_id})
-        pipe.hincrby("raw:stats", "bytes", len(body))
-
     def add(self, turn: Turn) -> None:
         pipe = self.client.pipeline(transaction=True)
-        self.queue(pipe, turn)
+        queue_writes(pipe, next(self.ids), turn)
         pipe.execute()
 
     def add_batch(self, turns: list[Turn]) -> None:
         pipe = self.client.pipeline(transaction=True)
         for turn in turns:
-            self.queue(pipe, turn)
+            queue_writes(pipe, next(self.ids), turn)
         pipe.execute()
 
     def history(self, session: str) -> list[Any]:
