@@ -204,6 +204,15 @@ def raw_row(turn: Turn) -> tuple[Any, ...]:
     )
 
 
+def copy_langchain(
+    admin: psycopg.Connection[Any], table: str, turns: list[Turn]
+) -> None:
+    """COPY the turns into a LangChain table as the JSON its converter writes."""
+    with admin.cursor().copy(f"COPY {table} (session_id, message) FROM STDIN") as copy:
+        for t in turns:
+            copy.write_row((t.session_id, json.dumps(message_to_dict(lc_message(t)))))
+
+
 class Systems:
     """Every system under test, pre-filled with the same turns."""
 
@@ -241,25 +250,13 @@ class Systems:
         self.lc_sql = SQLChatMessageHistory(
             session_id="warm", connection=self.lc_engine
         )
-        with admin.cursor().copy(
-            "COPY lc.message_store (session_id, message) FROM STDIN"
-        ) as copy:
-            for t in turns:
-                copy.write_row(
-                    (t.session_id, json.dumps(message_to_dict(lc_message(t))))
-                )
+        copy_langchain(admin, "lc.message_store", turns)
 
         self.lc_pg_conn = psycopg.connect(
             url, autocommit=True, options="-c search_path=lcpg"
         )
         PostgresChatMessageHistory.create_tables(self.lc_pg_conn, "chat_history")
-        with admin.cursor().copy(
-            "COPY lcpg.chat_history (session_id, message) FROM STDIN"
-        ) as copy:
-            for t in turns:
-                copy.write_row(
-                    (t.session_id, json.dumps(message_to_dict(lc_message(t))))
-                )
+        copy_langchain(admin, "lcpg.chat_history", turns)
 
         self.loop = asyncio.new_event_loop()
         self.agents_engine = create_async_engine(
