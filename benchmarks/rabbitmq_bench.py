@@ -49,6 +49,7 @@ from _harness import (
     publish,
     ratio,
     table,
+    timed,
 )
 from rstream import Consumer, ConsumerOffsetSpecification, OffsetType, Producer
 
@@ -254,31 +255,24 @@ def run(args: argparse.Namespace, host: str, port: int) -> str:
         sessions = sorted({m.session_id for m in stored})
         picks = random.Random(args.seed).choices(sessions, k=HISTORY_CALLS)
 
+        add = writer.add
+
+        def add_message(m: Message) -> None:
+            add(
+                m.session_id,
+                m.role,
+                m.content,
+                user_id=m.user_id,
+                metadata=m.metadata,
+                created_at=m.created_at,
+            )
+
         def chatmem_singles(n: int, which: int) -> list[int]:
-            items = share(n, which)[:SINGLES]
-            clock, add, times = time.perf_counter_ns, writer.add, []
-            for m in items:
-                begin = clock()
-                add(
-                    m.session_id,
-                    m.role,
-                    m.content,
-                    user_id=m.user_id,
-                    metadata=m.metadata,
-                    created_at=m.created_at,
-                )
-                times.append(clock() - begin)
-            return times
+            return timed(add_message, share(n, which)[:SINGLES])
 
         def chatmem_batches(n: int, which: int) -> list[int]:
-            items = share(n, which)[SINGLES:]
-            times = []
-            for begin in range(0, len(items), BATCH):
-                chunk = items[begin : begin + BATCH]
-                began = time.perf_counter_ns()
-                writer.add_messages(chunk)
-                times.append(time.perf_counter_ns() - began)
-            return times
+            batches = chunks(share(n, which)[SINGLES:], BATCH)
+            return timed(writer.add_messages, list(batches))
 
         def bodies(items: list[Message]) -> list[bytes]:
             return [encode(m) for m in items]
@@ -288,16 +282,10 @@ def run(args: argparse.Namespace, host: str, port: int) -> str:
 
         def raw_batches(n: int, which: int, read_back: bool) -> list[int]:
             items = bodies(share(n, which)[SINGLES:])
-            chunks = [items[b : b + BATCH] for b in range(0, len(items), BATCH)]
-            return raw.batches(chunks, read_back)
+            return raw.batches(list(chunks(items, BATCH)), read_back)
 
         def history(n: int) -> list[int]:
-            clock, times = time.perf_counter_ns, []
-            for session in picks:
-                begin = clock()
-                memory.history(session, last=20)
-                times.append(clock() - begin)
-            return times
+            return timed(lambda session: memory.history(session, last=20), picks)
 
         stream = url.rsplit("/", 1)[1]
 
