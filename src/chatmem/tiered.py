@@ -292,16 +292,19 @@ class TieredMemory(BaseChatMessageMemory):
             before = {s: self._stamp(s) for s in sessions}
         try:
             stored = self.backend._write(prepared)
-        except BaseException:
+        except BaseException as exc:
             # A write that failed may still have been stored (a lost
-            # reply, a log that took it late): forget these sessions.
+            # reply, a log that took it late): forget these sessions. A
+            # refused message was stored nowhere and will not come later.
+            late = not isinstance(exc, InvalidMessage)
             with self._lock:
                 self._local += 1
                 for session in sessions:
                     self._drop(session)
                     self._bump(session)
-                    self._unsettled[session] = None
-                    self._unsettled.move_to_end(session)
+                    if late:
+                        self._unsettled[session] = None
+                        self._unsettled.move_to_end(session)
                 while len(self._unsettled) > PENDING_BATCHES:
                     self._unsettled.popitem(last=False)
             raise
