@@ -13,7 +13,6 @@ part of it (``-k``, one file, one test) leaves the report alone.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import os
 import platform
@@ -80,17 +79,6 @@ LONG = Counts(
     examples=400,
     fault_rounds=10,
 )
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    # Another conftest may register it first; one option serves both.
-    with contextlib.suppress(ValueError):
-        parser.addoption(
-            "--long",
-            action="store_true",
-            default=False,
-            help="run the long variants (the full counts of the reliability suite)",
-        )
 
 
 def pytest_configure(config: pytest.Config) -> None:

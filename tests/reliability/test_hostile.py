@@ -464,19 +464,10 @@ URL_GROUPS = {
     "unknown": ["mongodb", "", "x y", "redis+sentinel", "sqlite3"],
 }
 
-KAFKA_URL = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "kafka.py's parse_url lets urlsplit's ValueError escape for a host "
-        "such as '[zz' (chatmem.open('kafka://[zz:9092/t') raises "
-        "ValueError: Invalid IPv6 URL, not InvalidMessage)"
-    ),
-)
-
 
 @pytest.mark.parametrize(
     "backend",
-    [pytest.param(g, marks=KAFKA_URL) if g == "kafka" else g for g in URL_GROUPS],
+    list(URL_GROUPS),
 )
 def test_url_parser_raises_only_documented_errors(
     backend: str, counts: Counts, record: Record, tmp_path: Path
@@ -678,15 +669,6 @@ def test_corrupt_last_line_of_an_import_stores_nothing(
 
 FUZZ = str(Path(__file__).with_name("fuzz.py"))
 
-KAFKA_FUZZ = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "kafka.py's parse_url lets urlsplit's ValueError escape: atheris "
-        "finds inputs such as 'kafka://[[' that raise ValueError: Invalid "
-        "IPv6 URL, not InvalidMessage"
-    ),
-)
-
 # Runs per property-test example: an open of sqlite writes a file, so
 # that target runs a twentieth as many.
 FUZZ_TARGETS = [
@@ -694,7 +676,7 @@ FUZZ_TARGETS = [
     pytest.param("postgres", "url-postgresql", 500, id="url-postgresql"),
     pytest.param("sqlite", "url-sqlite", 500, id="url-sqlite"),
     pytest.param("rabbitmq", "url-rabbitmq", 500, id="url-rabbitmq"),
-    pytest.param("kafka", "url-kafka", 500, id="url-kafka", marks=KAFKA_FUZZ),
+    pytest.param("kafka", "url-kafka", 500, id="url-kafka"),
     pytest.param("all", "open", 25, id="open"),
     pytest.param("all", "message", 500, id="message"),
 ]

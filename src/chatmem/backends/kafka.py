@@ -695,7 +695,12 @@ class KafkaMemory(LogMemory):
 
 def parse_url(url: str) -> tuple[str, str]:
     """Return (bootstrap servers, topic) from a ``kafka://`` URL."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed "[" of an IPv6 host, say
+        raise InvalidMessage(
+            f"Not a kafka URL ({exc}): write kafka://host:port[,host:port]/topic."
+        ) from None
     if parts.scheme != "kafka":
         raise InvalidMessage(f"Not a kafka:// URL: {parts.scheme}://...")
     if "@" in parts.netloc:
