@@ -48,6 +48,7 @@ from chatmem import (
 from chatmem.backends import kafka as kafka_module
 from chatmem.backends.kafka import KafkaMemory, parse_url
 from tests.servers import KafkaServer, free_ports
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
@@ -153,14 +154,6 @@ def topic_configs(bootstrap: str, topic: str) -> dict[str, str]:
 def partition_count(bootstrap: str, topic: str) -> int:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     return len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 def sync_when_back(store: KafkaMemory, seconds: float = 20.0) -> None:

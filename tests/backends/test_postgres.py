@@ -19,6 +19,7 @@ from chatmem import (
     Message,
 )
 from chatmem.backends.postgres import PostgresMemory, split_url
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -87,7 +88,7 @@ def test_server_restart_mid_run(server: Any, schema: str) -> None:
     writer = threading.Thread(target=write)
     writer.start()
     try:
-        _wait_until(lambda: len(acknowledged) >= 50)
+        wait_for(lambda: len(acknowledged) >= 50)
         server.stop()
         try:
             started = time.monotonic()
@@ -101,7 +102,7 @@ def test_server_restart_mid_run(server: Any, schema: str) -> None:
             server.start()
         # The same store recovers: no reopen.
         before = len(acknowledged)
-        _wait_until(lambda: len(acknowledged) >= before + 50, seconds=60)
+        wait_for(lambda: len(acknowledged) >= before + 50, seconds=60)
     finally:
         stop.set()
         writer.join()
@@ -114,13 +115,6 @@ def test_server_restart_mid_run(server: Any, schema: str) -> None:
     for message_id, content in acknowledged.items():
         assert stored[message_id] == content
     memory.close()
-
-
-def _wait_until(condition: Any, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def test_store_opened_while_server_down_is_unavailable(server: Any) -> None:

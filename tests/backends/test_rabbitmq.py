@@ -26,6 +26,7 @@ import chatmem
 from chatmem import BackendUnavailable, InvalidMessage, Message
 from chatmem.backends.log import Outgoing
 from chatmem.backends.rabbitmq import RabbitMQMemory, parse_url
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,14 +58,6 @@ def store_at(url: str, opened: list[RabbitMQMemory]) -> Callable[..., RabbitMQMe
         return store
 
     return open_store
-
-
-def _wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 def _turns(session: str, count: int, user: str = "u1") -> list[Message]:
@@ -315,10 +308,10 @@ def test_broker_halted_and_restarted_mid_run(
     writer = threading.Thread(target=write)
     writer.start()
     try:
-        _wait_for(lambda: len(acknowledged) >= 50)
+        wait_for(lambda: len(acknowledged) >= 50)
         try:
             getattr(server, halt)()
-            _wait_for(lambda: len(failures) >= 2)
+            wait_for(lambda: len(failures) >= 2)
             # Reads are the index's: they keep answering without the broker.
             assert len(memory.history("s", last=20)) == 20
             with pytest.raises(BackendUnavailable):
@@ -326,7 +319,7 @@ def test_broker_halted_and_restarted_mid_run(
         finally:
             server.start()
         count = len(acknowledged)
-        _wait_for(lambda: len(acknowledged) >= count + 50, 60)
+        wait_for(lambda: len(acknowledged) >= count + 50, 60)
     finally:
         stop.set()
         writer.join()

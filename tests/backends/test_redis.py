@@ -34,6 +34,7 @@ from chatmem.backends.redis import (
     mask_url,
     parse_url,
 )
+from tests.waiting import wait_for
 
 # Databases 2 and 3 of the session's server; the conformance suite uses 1.
 DB = 2
@@ -84,14 +85,6 @@ def memory(store_at: Callable[..., RedisMemory]) -> RedisMemory:
     return store_at()
 
 
-def _wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
-
-
 def _wait_until_up(client: Any) -> None:
     def up() -> bool:
         try:
@@ -99,7 +92,7 @@ def _wait_until_up(client: Any) -> None:
         except redis.RedisError:
             return False
 
-    _wait_for(up, 30)
+    wait_for(up, 30)
 
 
 # -- URLs and credentials ----------------------------------------------------
@@ -562,10 +555,10 @@ def test_server_halted_and_restarted_mid_run(
     writer = threading.Thread(target=write)
     writer.start()
     try:
-        _wait_for(lambda: len(acknowledged) >= 50)
+        wait_for(lambda: len(acknowledged) >= 50)
         try:
             getattr(server, halt)()
-            _wait_for(lambda: len(failures) >= 3)
+            wait_for(lambda: len(failures) >= 3)
 
             began = time.monotonic()
             with pytest.raises(BackendUnavailable):
@@ -577,7 +570,7 @@ def test_server_halted_and_restarted_mid_run(
             server.start()
         _wait_until_up(raw)
         count = len(acknowledged)
-        _wait_for(lambda: len(acknowledged) >= count + 50)
+        wait_for(lambda: len(acknowledged) >= count + 50)
     finally:
         stop.set()
         writer.join()
@@ -624,7 +617,7 @@ def test_expired_session_leaves_no_trace_after_a_count(
     memory.add("s", "user", "fading", user_id="u", created_at=soon)
     memory.add("t", "user", "staying", user_id="u")
     assert memory.stats().message_count == 2
-    _wait_for(lambda: not raw.exists("chatmem::h:s"))
+    wait_for(lambda: not raw.exists("chatmem::h:s"))
 
     assert memory.count() == 1
     assert memory.sessions() == ["t"]
