@@ -32,7 +32,9 @@ Writes     ``add`` returns once the log acknowledged the record and the
            index holds it (read-your-writes in one store). A driver that
            learns the offset at acknowledgement has the record applied at
            once; one that does not (RabbitMQ) has the caller wait until the
-           tail applied it.
+           tail applied it. The tail applies a record that reads back byte
+           for byte as its writer published it from the writer's entry,
+           without decoding it again.
 Batches    ``add_messages`` with several messages writes them with a batch
            id, then a commit record. Indexes show a batch's messages only
            once they saw its commit record, so a batch the log took only
@@ -426,6 +428,10 @@ class LogMemory(BaseChatMessageMemory):
         # positions at acknowledgement).
         self._awaited: set[str] = set()
         self._arrived: set[str] = set()
+        # The value and entry of each awaited record: the tail applies a
+        # record that reads back byte for byte as published from its
+        # entry, not by decoding its JSON again.
+        self._expected: dict[str, tuple[bytes | None, Entry]] = {}
 
         #: Records applied by the replay at open (the tail after that).
         self.replayed_records = 0
@@ -684,7 +690,11 @@ class LogMemory(BaseChatMessageMemory):
             self._commit(outgoing, entries)
             return stored
 
-        offsets = self._publish(outgoing)
+        # Read back by the tail, the messages wait for their commit.
+        offsets = self._publish(
+            outgoing,
+            [None if e is None else (*e[:3], batch, e[4]) for e in entries],
+        )
         last: dict[int, int] = {}
         for record, offset in zip(outgoing, offsets, strict=True):
             if offset is not None:
@@ -705,11 +715,20 @@ class LogMemory(BaseChatMessageMemory):
         )
         return stored
 
-    def _publish(self, outgoing: list[Outgoing]) -> list[int | None]:
+    def _publish(
+        self,
+        outgoing: list[Outgoing],
+        entries: Sequence[Entry | None] | None = None,
+    ) -> list[int | None]:
         awaited = not self._driver.positions_at_ack
         if awaited:
             with self._lock:
                 self._awaited.update(record.key for record in outgoing)
+                if entries is not None:
+                    expected = self._expected
+                    for record, entry in zip(outgoing, entries, strict=True):
+                        if entry is not None:
+                            expected[record.key] = (record.value, entry)
         try:
             offsets = self._driver.publish(outgoing)
         except BaseException:
@@ -736,7 +755,7 @@ class LogMemory(BaseChatMessageMemory):
         messages before its commit record) to apply together with them.
         """
         try:
-            offsets = self._publish(outgoing)
+            offsets = self._publish(outgoing, entries)
         except BaseException:
             if earlier is not None and not self._driver.positions_at_ack:
                 with self._lock:
@@ -781,6 +800,7 @@ class LogMemory(BaseChatMessageMemory):
         for key in keys:
             self._awaited.discard(key)
             self._arrived.discard(key)
+            self._expected.pop(key, None)
 
     def _tombstones(
         self, kind: str, value: str, partitions: Iterable[int]
@@ -1102,6 +1122,7 @@ class LogMemory(BaseChatMessageMemory):
         located: list[tuple[int, int, Entry]] = []
         arrived: list[str] = []
         own = self._own
+        expected = self._expected
         for record in records:
             if record.offset < self._checkpoints.get(record.partition, 0):
                 continue
@@ -1110,7 +1131,13 @@ class LogMemory(BaseChatMessageMemory):
                 if mine in own:
                     own.discard(mine)
                     continue
-            decoded = _decode(record, self.message_overhead)
+            decoded = None
+            if expected and record.key:
+                known = expected.get(record.key.decode("utf-8", "replace"))
+                if known is not None and known[0] == record.value:
+                    decoded = known[1]
+            if decoded is None:
+                decoded = _decode(record, self.message_overhead)
             if decoded is None:
                 continue
             located.append((record.partition, epoch + record.offset, decoded))
