@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -39,6 +40,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # json.dumps with options builds an encoder per call, a third of the cost
 # of encoding a tool call's metadata; this one is built once.
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+#: The JSON decoder's C scanner, without the three Python calls json.loads
+#: wraps around it: for hot paths reading back the compact JSON chatmem
+#: wrote itself. ``scan_json(text, 0)`` returns (value, end).
+scan_json: Callable[[str, int], tuple[Any, int]]
+scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 class Message(tuple[Any, ...]):

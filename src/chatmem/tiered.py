@@ -82,7 +82,7 @@ from typing import Any
 from chatmem.base import BaseChatMessageMemory
 from chatmem.budget import Allocation, Budget, MemoryStats, TierStats
 from chatmem.errors import InvalidMessage
-from chatmem.message import Message, Prepared, to_micros
+from chatmem.message import Message, Prepared, scan_json, to_micros
 
 __all__ = ["TieredMemory"]
 
@@ -116,10 +116,6 @@ COST_SAMPLES = 16
 PROBE_EVERY = 32
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-# The decoder's C scanner without json.loads' three Python calls around
-# it: the tier's metadata is always the compact JSON it wrote itself.
-_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 # What _serve returns when checking costs more than it saves: read the
 # backend, and leave the tier as it is.
@@ -800,7 +796,7 @@ def _row_bytes(row: Row) -> int:
 def _messages(rows: Sequence[Row]) -> list[Message]:
     # Built as the backends build theirs: one tuple per message, the
     # metadata decoded afresh for each read.
-    make, scan = tuple.__new__, _scan
+    make, scan = tuple.__new__, scan_json
     return [
         make(Message, (i, s, r, c, u, t, scan(m, 0)[0] if m else {}))
         for i, s, r, c, u, t, m in rows

@@ -67,14 +67,13 @@ Limits     Session, user and namespace ids cannot hold NUL characters
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import re
 import select
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -98,6 +97,7 @@ from chatmem.message import (
     ROLES,
     Message,
     Prepared,
+    scan_json,
     to_micros,
     with_id,
 )
@@ -129,10 +129,6 @@ URL_OPTIONS: dict[str, type] = {
     "retries": int,
     "pool_size": int,
 }
-
-# The JSON decoder's scanner without json.loads' wrapping; metadata is
-# always the compact JSON chatmem wrote.
-_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")
 
@@ -1180,7 +1176,7 @@ def _seq(message_id: str) -> int | None:
 def _to_messages(rows: list[tuple[Any, ...]]) -> list[Message]:
     # Inlined rather than a call per row: history(last=20) spends most of
     # its Python time here.
-    make, roles, scan = tuple.__new__, ROLES, _SCAN
+    make, roles, scan = tuple.__new__, ROLES, scan_json
     return [
         make(
             Message,
