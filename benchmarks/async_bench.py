@@ -321,7 +321,8 @@ async def postgres_systems(url: str) -> list[System]:
     # The raw baseline writes into tables chatmem created, indexes and all.
     await asyncio.to_thread(lambda: chatmem.open(url, schema="abench_raw").close())
     systems = await open_chatmem(url, schema="abench_chatmem", namespace="native")
-    raw = RawPostgres(url, systems[0].memory.sync.pool_size)  # type: ignore[attr-defined]
+    pool_size = systems[0].memory.sync.pool_size  # type: ignore[attr-defined]
+    raw = RawPostgres(url, pool_size)
     await raw.open()
     return [*systems, raw, AgentsPostgres(url)]
 

@@ -311,7 +311,8 @@ def write_cases(
 
     def agents_add(turn: Turn) -> None:
         session = systems.agents_session(turn.session_id)
-        loop.run_until_complete(session.add_items([agents_item(turn)]))  # type: ignore[list-item]
+        items = [agents_item(turn)]
+        loop.run_until_complete(session.add_items(items))  # type: ignore[arg-type]
 
     one_by_one = {
         CHATMEM: lambda n: timed(chatmem_add, adds(n)),

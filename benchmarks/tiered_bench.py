@@ -159,7 +159,8 @@ def raw_reader(name: str, url: str) -> Callable[[str], object] | None:
 
         def newest(session: str) -> list[Any]:
             key = f"chatmem::h:{key_part(session)}"
-            bodies: list[bytes] = client.zrevrange(key, 0, 19)  # type: ignore[assignment]
+            bodies: list[bytes]
+            bodies = client.zrevrange(key, 0, 19)  # type: ignore[assignment]
             return [json.loads(body) for body in bodies]
 
         return newest

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 import chatmem
 from chatmem.base import BaseChatMessageMemory
@@ -207,7 +207,9 @@ def cmd_stats(memory: BaseChatMessageMemory, args: argparse.Namespace) -> int:
 
 
 def cmd_export(memory: BaseChatMessageMemory, args: argparse.Namespace) -> int:
-    out = sys.stdout if args.file == "-" else open(args.file, "w", encoding="utf-8")  # noqa: SIM115
+    out: TextIO = sys.stdout
+    if args.file != "-":
+        out = open(args.file, "w", encoding="utf-8")  # noqa: SIM115
     try:
         messages = memory.query()
         progress = Progress(len(messages), "export")
@@ -222,7 +224,9 @@ def cmd_export(memory: BaseChatMessageMemory, args: argparse.Namespace) -> int:
 
 
 def cmd_import(memory: BaseChatMessageMemory, args: argparse.Namespace) -> int:
-    source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    source: TextIO = sys.stdin
+    if args.file != "-":
+        source = open(args.file, encoding="utf-8")  # noqa: SIM115
     messages = []
     number = 0
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -193,9 +193,11 @@ def test_bad_arguments_are_refused(memory: BaseChatMessageMemory) -> None:
         lambda: memory.history_window("s1", True),
         lambda: memory.history_window("s1", "100"),  # type: ignore[arg-type]
         lambda: memory.history_window("", 100),
-        lambda: memory.history_window("s1", 100, token_counter=3),  # type: ignore[arg-type]
+        lambda: memory.history_window("s1", 100, token_counter=cast(Any, 3)),
         lambda: memory.history_window("s1", 100, token_counter=lambda m: -1),
-        lambda: memory.history_window("s1", 100, token_counter=lambda m: 1.5),  # type: ignore[arg-type,return-value]
+        lambda: memory.history_window(
+            "s1", 100, token_counter=cast(Any, lambda m: 1.5)
+        ),
     ]
     for call in bad_calls:
         with pytest.raises(InvalidMessage):

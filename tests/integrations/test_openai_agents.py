@@ -277,7 +277,8 @@ def test_each_item_is_one_message_with_its_text_stored_once(
     stored = memory.history("s1")
     assert len(stored) == len(sent)
     by_content = {m.content: m for m in stored}
-    for text in ("Where is X1? 包裹在哪里？", "Look it up.", "In Lyon", "SELECT 1"):
+    texts = ("Where is X1? 包裹在哪里？", "Look it up.", "In Lyon", "SELECT 1")
+    for text in texts:
         assert text not in json.dumps(by_content[text].metadata, ensure_ascii=False)
     # Several parts keep their text in place; the content joins it.
     assert "First.\nSecond." in by_content
@@ -597,7 +598,8 @@ def check_two_turns(model: CannedModel, outputs: list[str]) -> None:
         "message",
         "message",
     ]
-    assert seen[1]["call_id"] == seen[2]["call_id"] == "call_1"  # type: ignore[typeddict-item]
+    call_ids = seen[1]["call_id"], seen[2]["call_id"]  # type: ignore[typeddict-item]
+    assert call_ids == ("call_1", "call_1")
     assert seen[2]["output"] == "X1 is in Lyon"  # type: ignore[typeddict-item]
     assert seen[4]["content"] == "When will it arrive?"  # type: ignore[typeddict-item]
 

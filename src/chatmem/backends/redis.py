@@ -1144,7 +1144,9 @@ class RedisMemory(BaseChatMessageMemory):
             found += [m for m in page if m[5] >= cutoff]
             # Expired messages not trimmed yet took places in the page:
             # read on past them.
-            if want is None or len(rows) < want or len(found) >= count:  # type: ignore[operator]
+            if want is None or len(rows) < want:
+                break
+            if len(found) >= count:  # type: ignore[operator]
                 break
             edge = page[-1].id
             if newest:
